@@ -1,0 +1,147 @@
+"""Map seed-002 (Lightning 1.x era) Trainer arguments onto Lightning 2.x, with clear errors."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch.utils.data import DataLoader
+
+_PRECISIONS = {
+    16: "16-mixed", "16": "16-mixed", "16-mixed": "16-mixed", "16-true": "16-true",
+    32: "32-true", "32": "32-true", "32-true": "32-true",
+    64: "64-true", "64": "64-true", "64-true": "64-true",
+    "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed", "bf16-true": "bf16-true",
+}
+_STRATEGY_ALIASES = {"ddp", "ddp_spawn", "ddp_cpu", "ddp_find_unused_parameters_true", "dp", "ddp2",
+                     "fsdp", "deepspeed", "ddp_notebook", "single_device"}
+_ACCELERATORS = {"cpu", "gpu", "cuda", "mps", "tpu", "auto"}
+
+
+def resolve_hardware(
+    num_gpu_used: int | None,
+    accelerator: str | None,
+    devices: Any,
+    strategy: Any,
+    num_nodes: int,
+) -> dict[str, Any]:
+    """Return ``accelerator``, ``devices`` and ``strategy`` Trainer kwargs.
+
+    Seed 002 used ``accelerator`` for what Lightning 2 calls the strategy ("ddp", "ddp_cpu", ...);
+    both meanings are accepted. ``num_gpu_used``: 0 = CPU, 1 = one GPU, >1 = DDP over that many GPUs;
+    ``None`` = one GPU if available, else CPU. Explicit ``devices``/``strategy`` win.
+    """
+    if num_gpu_used is not None and (isinstance(num_gpu_used, bool) or not isinstance(num_gpu_used, int) or num_gpu_used < 0):
+        raise ValueError(f"Expected `num_gpu_used` to be an int >= 0 (0 = CPU), but got {num_gpu_used!r}.")
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
+        raise ValueError(f"Expected `num_nodes` to be a positive int, but got {num_nodes!r}.")
+    if accelerator is not None and accelerator not in _ACCELERATORS | _STRATEGY_ALIASES:
+        raise ValueError(
+            f"Expected `accelerator` to be one of {sorted(_ACCELERATORS)} (or a seed-002 strategy name from "
+            f"{sorted(_STRATEGY_ALIASES)}), but got {accelerator!r}."
+        )
+    if accelerator in _STRATEGY_ALIASES:  # seed 002 meaning: the distributed backend
+        if strategy is None:
+            strategy = "ddp" if accelerator in ("ddp_cpu", "ddp2") else accelerator
+        accelerator = "cpu" if accelerator == "ddp_cpu" else None
+    if accelerator is None:
+        if num_gpu_used is None:
+            accelerator = "auto"
+        else:
+            accelerator = "cpu" if num_gpu_used == 0 else "gpu"
+    if devices is None:
+        devices = num_gpu_used if num_gpu_used and accelerator != "cpu" else 1
+    if strategy is None:
+        many = (isinstance(devices, int) and devices > 1) or num_nodes > 1
+        strategy = "ddp" if many else "auto"
+    return {"accelerator": accelerator, "devices": devices, "strategy": strategy, "num_nodes": num_nodes}
+
+
+def _uses_gpu(accelerator: str) -> bool:
+    if accelerator in ("gpu", "cuda"):
+        return True
+    return accelerator == "auto" and torch.cuda.is_available()
+
+
+def resolve_precision(precision: Any, accelerator: str) -> str:
+    """Map seed precisions (16, 32, ...) to Lightning 2 names; fall back from 16-bit to 32 on CPU.
+
+    ``None`` means the seed's default of 16-bit mixed precision on a GPU and 32-bit on CPU (silently).
+    """
+    on_gpu = _uses_gpu(accelerator)
+    if precision is None:
+        return "16-mixed" if on_gpu else "32-true"
+    if precision not in _PRECISIONS:
+        allowed = sorted({str(k) for k in _PRECISIONS})
+        raise ValueError(f"Expected `precision` to be one of {allowed}, but got {precision!r}.")
+    resolved = _PRECISIONS[precision]
+    if resolved.startswith("16") and not on_gpu:
+        warnings.warn(
+            f"precision={precision!r} needs a CUDA GPU; training on CPU in 32-bit instead "
+            "(bf16 is accepted on CPU but is slower than 32-bit there).",
+            UserWarning,
+            stacklevel=3,
+        )
+        return "32-true"
+    return resolved
+
+
+def check_loader(loader: Any, name: str) -> None:
+    """A DataLoader with at least one batch."""
+    if not isinstance(loader, DataLoader):
+        raise ValueError(f"Expected `{name}` to be a torch.utils.data.DataLoader, but got {type(loader).__name__}.")
+    try:
+        size = len(loader)
+    except TypeError:  # IterableDataset without __len__: can't tell up front
+        return
+    if size == 0:
+        raise ValueError(f"Expected `{name}` to yield at least one batch, but it is empty (len == 0).")
+
+
+def normalise_eval_loaders(loaders: Any, name: str) -> dict[str, DataLoader] | None:
+    """``None``, a DataLoader (named after the stage) or a dict ``{name: DataLoader}`` (seed 002)."""
+    if loaders is None:
+        return None
+    if isinstance(loaders, DataLoader):
+        loaders = {name.split("_")[0]: loaders}
+    if not isinstance(loaders, Mapping) or not loaders:
+        raise ValueError(
+            f"Expected `{name}` to be a non-empty dict {{name: DataLoader}} (or one DataLoader), but got "
+            f"{type(loaders).__name__}."
+        )
+    for key, loader in loaders.items():
+        if not isinstance(key, str):
+            raise ValueError(f"Expected the keys of `{name}` to be strings, but got {key!r}.")
+        check_loader(loader, f"{name}[{key!r}]")
+    return dict(loaders)
+
+
+def check_resume_path(path: Any) -> str | None:
+    """Validate a checkpoint to resume from: it must exist and be a readable Lightning checkpoint."""
+    if path in (None, ""):
+        return None
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"Expected `resume_from_checkpoint` to be an existing checkpoint file, but {str(path)!r} does not exist.")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure means the file is unusable
+        raise ValueError(
+            f"Checkpoint {str(path)!r} is corrupt or not a PyTorch checkpoint ({type(err).__name__}: {err})."[:600]
+        ) from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "loops" not in checkpoint:
+        raise ValueError(
+            f"Checkpoint {str(path)!r} is not a Lightning training checkpoint (no 'state_dict'/'loops'); "
+            "resume needs a file written by KnowledgeDistillationTraining or a Lightning Trainer."
+        )
+    return str(file)
+
+
+def find_last_checkpoint(root: Path, name: str) -> str:
+    """Newest ``last.ckpt`` under ``root/name/version_*/checkpoints`` (for ``resume_from_checkpoint="last"``)."""
+    candidates = sorted((root / name).glob("version_*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise FileNotFoundError(f"resume_from_checkpoint='last' found no last.ckpt under {str(root / name)!r}.")
+    return str(candidates[-1])

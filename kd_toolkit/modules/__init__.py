@@ -1,0 +1,5 @@
+"""LightningModules: teacher/student distillation, FitNets and early exits."""
+
+from kd_toolkit.modules.distillation import DistillationModule
+
+__all__ = ["DistillationModule"]

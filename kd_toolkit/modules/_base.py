@@ -1,0 +1,342 @@
+"""Shared LightningModule base: frozen teacher, loss-weight dict, per-loader metrics, logging.
+
+Subclasses implement :meth:`_KDBaseModule.loss_components`, returning named loss tensors; the base
+weights them by ``loss_weights``, logs each under a stable key, guards against non-finite losses,
+and handles optimizers, schedules, validation/test metrics and exact-resume RNG state.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torchmetrics
+from pytorch_lightning.utilities import grad_norm
+from torch import Tensor, nn
+
+from kd_toolkit.losses import check_temperature
+from kd_toolkit.optim import build_optimizer, build_scheduler, check_optimizer_spec, check_scheduler_name
+
+__all__ = ["logits_of", "split_batch"]
+
+_RNG_KEY = "kd_toolkit_rng_state"
+
+
+def logits_of(output: Any) -> Tensor:
+    """Normalise a model output to logits: a tensor, a dict with ``"logits"``, or a tuple whose first
+    element is the logits (e.g. ``(logits, features)``)."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, Mapping) and "logits" in output:
+        return output["logits"]
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    raise TypeError(
+        "Expected the model to return logits as a tensor, a dict with a 'logits' key, or a tuple whose "
+        f"first element is the logits, but got {type(output).__name__}."
+    )
+
+
+def split_batch(batch: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Return ``(x, y, sample_index)`` from ``(x, y)``, ``(x,)``/``x``, or ``((x, y), index)``
+    (the form produced by :func:`kd_toolkit.data.with_sample_indices`)."""
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 2 and isinstance(batch[0], (tuple, list)):
+            (x, y, *_), index = batch[0], batch[1]
+            return x, y, index
+        if len(batch) >= 2:
+            return batch[0], batch[1], None
+        return batch[0], None, None
+    if isinstance(batch, Mapping):
+        return batch["x"], batch.get("y"), batch.get("index")
+    return batch, None, None
+
+
+def _check_weights(loss_weights: Mapping[str, float], allowed: Iterable[str]) -> dict[str, float]:
+    allowed = tuple(allowed)
+    if not isinstance(loss_weights, Mapping) or not loss_weights:
+        raise ValueError(f"Expected `loss_weights` to be a non-empty dict with keys from {list(allowed)}, "
+                         f"but got {loss_weights!r}.")
+    out: dict[str, float] = {}
+    for key, value in loss_weights.items():
+        if key not in allowed:
+            raise ValueError(f"Unknown loss-weight key {key!r}: expected keys from {list(allowed)}.")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= float(value) < float("inf")):
+            raise ValueError(f"Expected loss weight `{key}` to be a finite number >= 0, but got {value!r}.")
+        out[key] = float(value)
+    if sum(out.values()) <= 0:
+        raise ValueError(f"Expected `loss_weights` to have a positive sum, but got {loss_weights!r}.")
+    return out
+
+
+class _KDBaseModule(pl.LightningModule):
+    """Base for every kd_toolkit LightningModule (not public: subclass one of the modules instead)."""
+
+    #: loss-component names a subclass may weight in ``loss_weights``.
+    loss_names: tuple[str, ...] = ("hard_loss",)
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None = None,
+        *,
+        temperature: float = 1.0,
+        loss_weights: Mapping[str, float] | None = None,
+        criterion: nn.Module | None = None,
+        optimizer: Any = "adam",
+        lr: float = 1e-3,
+        optimizer_kwargs: Mapping[str, Any] | None = None,
+        scheduler: str = "",
+        warmup_epochs: int = 0,
+        warmup_steps: int = 0,
+        scheduler_kwargs: Mapping[str, Any] | None = None,
+        track_grad_norm: float | None = None,
+        inference_pipeline: Any = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(student, nn.Module):
+            raise ValueError(f"Expected `student` to be an nn.Module, but got {type(student).__name__}.")
+        if teacher is not None and not isinstance(teacher, nn.Module):
+            raise ValueError(f"Expected `teacher` to be an nn.Module or None, but got {type(teacher).__name__}.")
+        self.temperature = check_temperature(temperature)
+        check_optimizer_spec(optimizer)
+        self.scheduler_name = check_scheduler_name(scheduler)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+            raise ValueError(f"Expected `lr` to be a positive float, but got {lr!r}.")
+        for name, value in (("warmup_epochs", warmup_epochs), ("warmup_steps", warmup_steps)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"Expected `{name}` to be a non-negative int, but got {value!r}.")
+        if track_grad_norm is not None and (isinstance(track_grad_norm, bool) or not isinstance(track_grad_norm, (int, float)) or (track_grad_norm <= 0 and track_grad_norm != -1)):
+            raise ValueError(f"Expected `track_grad_norm` to be a positive norm type, -1 or None, but got {track_grad_norm!r}.")
+        if inference_pipeline is not None and not callable(getattr(inference_pipeline, "run_inference_pipeline", None)):
+            raise ValueError(
+                "Expected `inference_pipeline` to have a method `run_inference_pipeline(model, loader)` returning "
+                f"{{'inference_result': value}}, but got {type(inference_pipeline).__name__} without it."
+            )
+        self.student = student
+        # The teacher is frozen here, in one place, and kept out of the module's children: it is not in
+        # state_dict (so not in the student's checkpoint), not in parameters() (so never in an optimizer)
+        # and not seen by DDP. It is moved to the input's device/dtype lazily in `teacher_forward`.
+        object.__setattr__(self, "_teacher", None)
+        if teacher is not None:
+            teacher.requires_grad_(False).eval()
+            object.__setattr__(self, "_teacher", teacher)
+        self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
+        self.loss_weights = _check_weights(loss_weights or self.default_loss_weights(), self.loss_names)
+        self.optimizer_spec = optimizer
+        self.lr = float(lr)
+        self.optimizer_kwargs = dict(optimizer_kwargs or {})
+        self.warmup_epochs, self.warmup_steps = warmup_epochs, warmup_steps
+        self.scheduler_kwargs = dict(scheduler_kwargs or {})
+        self.track_grad_norm = None if track_grad_norm in (None, -1) else float(track_grad_norm)
+        self.inference_pipeline = inference_pipeline
+        self._metrics = nn.ModuleDict()
+        self._loader_names: dict[str, list[str]] = {}
+        self._nonfinite_steps = 0
+        self.reset_epoch_loss()
+
+    # ----------------------------------------------------------------------------- teacher
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The frozen teacher (or ``None``)."""
+        return self._teacher
+
+    def default_loss_weights(self) -> dict[str, float]:
+        return {"hard_loss": 1.0}
+
+    @torch.no_grad()
+    def teacher_forward(self, x: Tensor) -> Any:
+        """Run the frozen teacher on ``x`` in eval mode, moving it to ``x``'s device/dtype first."""
+        teacher = self._teacher
+        param = next(teacher.parameters(), None)
+        if param is not None and (param.device != x.device or (x.is_floating_point() and param.dtype != x.dtype)):
+            teacher.to(device=x.device, dtype=x.dtype if x.is_floating_point() else None)
+        if teacher.training:
+            teacher.eval()
+        return teacher(x)
+
+    # ----------------------------------------------------------------------------- training
+    def forward(self, x: Tensor) -> Tensor:
+        return logits_of(self.student(x))
+
+    def loss_components(self, x: Tensor, y: Tensor, index: Tensor | None) -> dict[str, Tensor]:
+        """Return the named loss components for one batch (subclasses override)."""
+        return {"hard_loss": self.criterion(self(x), y)}
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y, index = split_batch(batch)
+        components = self.loss_components(x, y, index)
+        total = sum(self.loss_weights[k] * v for k, v in components.items() if k in self.loss_weights)
+        self._guard_finite(total, components)
+        batch_size = x.shape[0]
+        self._epoch_loss_sum += total.detach() * batch_size
+        self._epoch_count += batch_size
+        self.log("train_loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self.log_dict({k: v.detach() for k, v in components.items()}, on_step=True, on_epoch=True, batch_size=batch_size)
+        return total
+
+    def _guard_finite(self, total: Tensor, components: Mapping[str, Tensor]) -> None:
+        # On CPU the check is free; on accelerators it would force a host sync every step, so it runs
+        # at the logging cadence there (a non-finite loss poisons the weights, so it is still caught).
+        step = self.global_step
+        if total.device.type != "cpu" and self._trainer is not None and step % max(1, self.trainer.log_every_n_steps):
+            return
+        if not bool(torch.isfinite(total)):
+            bad = {k: float(v) for k, v in components.items() if not bool(torch.isfinite(v))}
+            raise FloatingPointError(
+                f"Non-finite training loss at epoch {self.current_epoch}, step {step}: total={float(total)}, "
+                f"non-finite components={bad or 'weighted sum overflowed'}. Lower the learning rate, check the "
+                "inputs for NaN/inf, or use precision=32."
+            )
+
+    def reset_epoch_loss(self) -> None:
+        self._epoch_loss_sum = torch.zeros(())
+        self._epoch_count = 0
+
+    def on_train_epoch_start(self) -> None:
+        self.reset_epoch_loss()
+        self._epoch_loss_sum = self._epoch_loss_sum.to(self.device)
+        if self._teacher is not None:
+            self._teacher.eval()
+
+    def epoch_loss_per_sample(self) -> float:
+        """Average training loss per sample over the last epoch (summed over DDP ranks)."""
+        total = self._epoch_loss_sum.to(self.device)
+        count = torch.tensor(float(self._epoch_count), device=self.device)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            total = self.trainer.strategy.reduce(total, reduce_op="sum")
+            count = self.trainer.strategy.reduce(count, reduce_op="sum")
+        return float(total / count.clamp_min(1))
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.track_grad_norm is None or self.global_step % max(1, self.trainer.log_every_n_steps):
+            return
+        self.log_dict(grad_norm(self.student, norm_type=self.track_grad_norm))
+
+    # ----------------------------------------------------------------------------- optimizers
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters handed to the optimizer: the student's (subclasses add e.g. hint regressors)."""
+        return [p for p in self.student.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> Any:
+        params = self.trainable_parameters()
+        optimizer = build_optimizer(self.optimizer_spec, params, self.lr, **self.optimizer_kwargs)
+        if self._teacher is not None:
+            teacher_ids = {id(p) for p in self._teacher.parameters()}
+            if any(id(p) in teacher_ids for g in optimizer.param_groups for p in g["params"]):
+                raise ValueError("The optimizer holds teacher parameters; build it over the student's parameters only.")
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        per_epoch = max(1, steps // max(1, self.trainer.max_epochs or 1))
+        warmup = self.warmup_steps or self.warmup_epochs * per_epoch
+        kwargs = dict(self.scheduler_kwargs)
+        if "step_size_epochs" in kwargs:  # StepLR given in epochs, as the FitNets seed does
+            kwargs["step_size"] = kwargs.pop("step_size_epochs") * per_epoch
+        scheduler = build_scheduler(self.scheduler_name, optimizer, total_steps=steps, warmup_steps=warmup, **kwargs)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ----------------------------------------------------------------------------- evaluation
+    def _names_for(self, stage: str) -> list[str]:
+        if stage not in self._loader_names:
+            loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
+            if isinstance(loaders, Mapping):
+                names = [str(k) for k in loaders]
+            elif isinstance(loaders, (list, tuple)) and len(loaders) > 1:
+                names = [f"{stage}_{i}" for i in range(len(loaders))]
+            else:
+                names = [stage]
+            self._loader_names[stage] = names
+        return self._loader_names[stage]
+
+    def _metric_key(self, stage: str, idx: int) -> tuple[str, str]:
+        names = self._names_for(stage)
+        name = names[idx] if idx < len(names) else f"{stage}_{idx}"
+        suffix = "" if names == [stage] else f"_{name}"
+        return name, suffix
+
+    def _eval_step(self, stage: str, batch: Any, dataloader_idx: int) -> None:
+        if self.inference_pipeline is not None:
+            return  # the user's pipeline evaluates whole loaders at epoch end
+        x, y, _ = split_batch(batch)
+        logits = self(x)  # (B, C)
+        _, suffix = self._metric_key(stage, dataloader_idx)
+        key = f"{stage}_acc{suffix}"
+        if key not in self._metrics:
+            self._metrics[key] = torchmetrics.classification.MulticlassAccuracy(
+                num_classes=logits.shape[-1], average="micro"
+            ).to(self.device)
+        self._metrics[key].update(logits.detach(), y)
+        loss = self.criterion(logits, y)
+        self.log(f"{stage}_loss{suffix}", loss, on_epoch=True, sync_dist=True, add_dataloader_idx=False, batch_size=x.shape[0])
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        names = self._names_for(stage)
+        if self.inference_pipeline is not None:
+            self._run_inference_pipeline(stage, names)
+            return
+        for idx, _ in enumerate(names):
+            _, suffix = self._metric_key(stage, idx)
+            metric = self._metrics[f"{stage}_acc{suffix}"] if f"{stage}_acc{suffix}" in self._metrics else None
+            if metric is None or not metric.update_called:
+                continue
+            value = metric.compute()  # synced across DDP ranks by torchmetrics
+            self.log(f"{stage}_acc{suffix}", value, prog_bar=idx == 0, add_dataloader_idx=False)
+            if idx == 0 and suffix:
+                self.log(f"{stage}_acc", value, add_dataloader_idx=False)  # `val_acc` = first loader: monitor key
+            metric.reset()
+
+    def _run_inference_pipeline(self, stage: str, names: list[str]) -> None:
+        loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
+        loaders = loaders if isinstance(loaders, Mapping) else dict(zip(names, loaders if isinstance(loaders, (list, tuple)) else [loaders]))
+        was_training = self.student.training
+        self.student.eval()
+        for name, loader in loaders.items():
+            result = self.inference_pipeline.run_inference_pipeline(self.student, loader)
+            if not isinstance(result, Mapping) or "inference_result" not in result:
+                raise ValueError(f"Expected `run_inference_pipeline` to return {{'inference_result': value}}, but got {result!r}.")
+            self.log(str(name), float(result["inference_result"]), prog_bar=True, add_dataloader_idx=False)
+        self.student.train(was_training)
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("val", batch, dataloader_idx)
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("test", batch, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        x, _, _ = split_batch(batch)
+        return self(x).argmax(dim=-1)
+
+    # ----------------------------------------------------------------------------- exact resume
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning does not checkpoint the global RNGs; without them a resumed run shuffles its data
+        # differently from an uninterrupted one. Stored as plain types so `weights_only` loading works.
+        np_state = np.random.get_state()
+        checkpoint[_RNG_KEY] = {
+            "torch": torch.random.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(_RNG_KEY)
+        if not state:
+            return
+        torch.random.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        version, internal, gauss_next = state["python"]
+        random.setstate((version, tuple(internal), gauss_next))

@@ -1,0 +1,329 @@
+"""`KnowledgeDistillationTraining`: builds the module, data and Lightning Trainer, then delegates."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader
+
+from kd_toolkit import _trainer_args as targs
+from kd_toolkit.modules._base import _KDBaseModule
+from kd_toolkit.modules.distillation import DistillationModule
+
+__all__ = ["KnowledgeDistillationTraining"]
+
+
+@contextmanager
+def quiet_lightning(enabled: bool = True) -> Iterator[None]:
+    """Silence Lightning's per-run info lines (GPU available..., model summary) for repeated short runs."""
+    loggers = [logging.getLogger(n) for n in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")]
+    levels = [lg.level for lg in loggers]
+    if enabled:
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+class KnowledgeDistillationTraining:
+    """Configure a Lightning ``Trainer`` for distillation and run it (seed 002's orchestrator, on Lightning 2).
+
+    Every seed-002 constructor argument keeps its meaning; modern arguments (``module=``,
+    ``datamodule=``, ``devices``, ``strategy``, ``callbacks``, ``loggers``, extra Trainer kwargs) are
+    accepted too. Each run writes, under ``default_root_dir/experiment_name/version_N/``: ``metrics.csv``
+    and ``hparams.yaml`` (always), ``checkpoints/best-*.ckpt`` (best on the validation metric) and
+    ``checkpoints/last.ckpt``, TensorBoard event files (``tensorboard=True``) and a Comet archive
+    (``log_to_comet=True`` without network).
+
+    Args:
+        teacher_model: frozen teacher ``nn.Module`` (or ``None`` to train on labels alone).
+        student_model: the ``nn.Module`` to train.
+        train_data_loader: training ``DataLoader``.
+        val_data_loaders: ``{name: DataLoader}`` (seed 002) or one DataLoader; ``val_acc`` is the first one's.
+        inference_pipeline: object with ``run_inference_pipeline(model, loader) -> {"inference_result": x}``.
+        num_gpu_used: 0 = CPU, 1 = one GPU, >1 = DDP over that many GPUs; ``None`` = a GPU if available.
+        max_epoch: number of epochs.
+        optimize_method: preset name, optimizer class, or optimizer instance (see :mod:`kd_toolkit.optim`).
+        scheduler_method: ``""``, ``"linear_decay_with_warm_up"``, ``"cosine_anneal"`` or ``"step"``.
+        learning_rate: learning rate.
+        num_lr_warm_up_epoch: warm-up epochs (``warmup_steps=`` in ``module_kwargs`` for steps).
+        final_loss_coeff_dict: loss weights, e.g. ``{"kd_loss": 0.5, "hard_loss": 0.5}``.
+        log_to_comet: log to comet.ml (offline archive when the server can't be reached).
+        comet_info_path: text file with API key, project and workspace on three lines.
+        comet_exp_name: Comet experiment name.
+        temperature: distillation temperature.
+        seed: global seed (``seed_everything``); ``None`` leaves the RNGs alone.
+        track_grad_norm: log gradient norms of this order (-1 or None: off).
+        accumulate_grad_batches: gradient accumulation steps.
+        accelerator: ``"cpu"``, ``"gpu"``, ``"auto"`` ... or a seed-002 strategy name such as ``"ddp"``.
+        num_nodes: number of nodes.
+        precision: 16, 32, 64, ``"bf16-mixed"``, ...; 16 on a machine without a GPU falls back to 32 with
+            one warning. ``None`` = 16-mixed on GPU, 32 on CPU.
+        deterministic: use deterministic algorithms (``True`` warns instead of failing on ops without one).
+        resume_from_checkpoint: path of a checkpoint to resume exactly (model, optimizer, scheduler,
+            epoch, RNG state), ``"last"`` for the newest ``last.ckpt`` of this experiment, or ``""``.
+        logging_param: dict logged as hyperparameters to every logger.
+        module: a ready LightningModule (instead of teacher/student and the loss arguments).
+        datamodule: a LightningDataModule (instead of the loaders).
+        test_data_loaders: ``{name: DataLoader}`` used by :meth:`test` (and by :meth:`start_kd_training`).
+        criterion: hard-label loss (default cross-entropy).
+        cache_teacher_outputs: compute the teacher's logits once and reuse them every epoch.
+        default_root_dir: root of the run directories.
+        experiment_name: run name (directory under ``default_root_dir``); default ``comet_exp_name`` or "kd".
+        tensorboard: also write TensorBoard event files.
+        loggers: extra Lightning loggers.
+        callbacks: extra Lightning callbacks.
+        monitor: metric for the best checkpoint; default ``val_acc`` (``train_loss`` without validation data,
+            the first loader's name with an inference pipeline).
+        monitor_mode: ``"max"`` or ``"min"`` (default: ``"min"`` for losses, else ``"max"``).
+        checkpointing: write checkpoints (on by default; the seed-001 wrapper turns it off).
+        csv_logging: write ``metrics.csv`` (on by default).
+        module_kwargs: extra keyword arguments for :class:`DistillationModule`.
+        **trainer_kwargs: passed to ``pytorch_lightning.Trainer`` (e.g. ``limit_train_batches``).
+
+    Example:
+        >>> from kd_toolkit.data import DigitsDataModule
+        >>> from kd_toolkit.models import create_model
+        >>> dm = DigitsDataModule(); dm.setup("fit")
+        >>> kd = KnowledgeDistillationTraining(
+        ...     teacher_model=create_model("digits_teacher"), student_model=create_model("digits_student"),
+        ...     train_data_loader=dm.train_dataloader(), val_data_loaders={"digits": dm.val_dataloader()},
+        ...     num_gpu_used=0, max_epoch=1, learning_rate=1e-3, temperature=4.0,
+        ...     final_loss_coeff_dict={"kd_loss": 0.7, "hard_loss": 0.3}, default_root_dir=getfixture("tmp_path"),
+        ...     enable_progress_bar=False, limit_train_batches=2)
+        >>> student = kd.start_kd_training()
+        >>> sorted(p.name for p in kd.checkpoint_dir.iterdir())[-1]
+        'last.ckpt'
+    """
+
+    def __init__(
+        self,
+        teacher_model: nn.Module | None = None,
+        student_model: nn.Module | None = None,
+        train_data_loader: DataLoader | None = None,
+        val_data_loaders: Mapping[str, DataLoader] | DataLoader | None = None,
+        inference_pipeline: Any = None,
+        num_gpu_used: int | None = None,
+        max_epoch: int = 10,
+        optimize_method: Any = "adam",
+        scheduler_method: str = "",
+        learning_rate: float = 1e-3,
+        num_lr_warm_up_epoch: int = 0,
+        final_loss_coeff_dict: Mapping[str, float] | None = None,
+        log_to_comet: bool = False,
+        comet_info_path: str = "",
+        comet_exp_name: str = "",
+        temperature: float = 1.0,
+        seed: int | None = 32,
+        track_grad_norm: float | None = 2,
+        accumulate_grad_batches: int = 1,
+        accelerator: str | None = None,
+        num_nodes: int = 1,
+        precision: Any = None,
+        deterministic: bool = True,
+        resume_from_checkpoint: str | None = "",
+        logging_param: Mapping[str, Any] | None = None,
+        *,
+        module: pl.LightningModule | None = None,
+        datamodule: pl.LightningDataModule | None = None,
+        test_data_loaders: Mapping[str, DataLoader] | DataLoader | None = None,
+        criterion: nn.Module | None = None,
+        cache_teacher_outputs: bool = False,
+        default_root_dir: str | Path = "runs",
+        experiment_name: str | None = None,
+        tensorboard: bool = False,
+        loggers: Sequence[Any] | None = None,
+        callbacks: Sequence[Callback] | None = None,
+        devices: Any = None,
+        strategy: Any = None,
+        monitor: str | None = None,
+        monitor_mode: str | None = None,
+        checkpointing: bool = True,
+        csv_logging: bool = True,
+        quiet: bool = False,
+        module_kwargs: Mapping[str, Any] | None = None,
+        **trainer_kwargs: Any,
+    ) -> None:
+        if isinstance(max_epoch, bool) or not isinstance(max_epoch, int) or max_epoch < 1:
+            raise ValueError(f"Expected `max_epoch` to be a positive int, but got {max_epoch!r}.")
+        if isinstance(accumulate_grad_batches, bool) or not isinstance(accumulate_grad_batches, int) or accumulate_grad_batches < 1:
+            raise ValueError(f"Expected `accumulate_grad_batches` to be a positive int, but got {accumulate_grad_batches!r}.")
+        if monitor_mode not in (None, "min", "max"):
+            raise ValueError(f"Expected `monitor_mode` to be 'min' or 'max', but got {monitor_mode!r}.")
+        if module is not None and (student_model is not None or teacher_model is not None):
+            raise ValueError("Pass either `module=` or `student_model=`/`teacher_model=`, not both.")
+        if module is None and student_model is None:
+            raise ValueError("Expected a `student_model` (nn.Module) or a ready `module=` LightningModule, but got neither.")
+        if datamodule is not None and train_data_loader is not None:
+            raise ValueError("Pass either `datamodule=` or `train_data_loader=`, not both.")
+        if datamodule is None and train_data_loader is None:
+            raise ValueError("Expected a `train_data_loader` (DataLoader) or a `datamodule=`, but got neither.")
+        self.quiet = quiet
+        self.seed = seed
+        if seed is not None:
+            pl.seed_everything(seed, workers=True, verbose=not quiet)
+
+        # ---- data
+        self.datamodule = datamodule
+        self.val_loaders = targs.normalise_eval_loaders(val_data_loaders, "val_data_loaders")
+        self.test_loaders = targs.normalise_eval_loaders(test_data_loaders, "test_data_loaders")
+        if train_data_loader is not None:
+            targs.check_loader(train_data_loader, "train_data_loader")
+        if cache_teacher_outputs and datamodule is not None:  # the loader must carry sample indices
+            datamodule.setup("fit")
+            train_data_loader = datamodule.train_dataloader()
+            self.val_loaders = self.val_loaders or {"val": datamodule.val_dataloader()}
+            self.datamodule = None
+        if cache_teacher_outputs:
+            from kd_toolkit.data import find_random_transform, with_sample_indices
+
+            found = find_random_transform(train_data_loader.dataset)
+            if found is not None:
+                raise ValueError(
+                    f"Cannot use `cache_teacher_outputs=True`: the training data applies the random transform "
+                    f"{found}, so cached teacher outputs would not match the inputs the student sees."
+                )
+            train_data_loader = with_sample_indices(train_data_loader)
+        self.train_loader = train_data_loader
+
+        # ---- module
+        if module is None:
+            module = DistillationModule(
+                student_model, teacher_model, temperature=temperature, loss_weights=final_loss_coeff_dict,
+                criterion=criterion, optimizer=optimize_method, lr=learning_rate, scheduler=scheduler_method,
+                warmup_epochs=num_lr_warm_up_epoch, track_grad_norm=track_grad_norm,
+                inference_pipeline=inference_pipeline, cache_teacher_outputs=cache_teacher_outputs,
+                **dict(module_kwargs or {}),
+            )
+        if not isinstance(module, pl.LightningModule):
+            raise ValueError(f"Expected `module` to be a LightningModule, but got {type(module).__name__}.")
+        self.module = module
+
+        # ---- hardware, precision, resume
+        hardware = targs.resolve_hardware(num_gpu_used, accelerator, devices, strategy, num_nodes)
+        self.precision = targs.resolve_precision(precision, hardware["accelerator"])
+        self.root_dir = Path(default_root_dir)
+        self.experiment_name = experiment_name or comet_exp_name or "kd"
+        if resume_from_checkpoint == "last":
+            resume_from_checkpoint = targs.find_last_checkpoint(self.root_dir, self.experiment_name)
+        self.ckpt_path = targs.check_resume_path(resume_from_checkpoint)
+
+        # ---- loggers (a bad Comet info file fails here, before any training)
+        from kd_toolkit.tracking import build_loggers, log_hyperparams
+
+        self.loggers = build_loggers(
+            self.root_dir, self.experiment_name, csv=csv_logging, tensorboard=tensorboard,
+            comet_info_path=comet_info_path if log_to_comet else None, comet_exp_name=comet_exp_name or None,
+            extra=list(loggers or []),
+        )
+        if logging_param:
+            log_hyperparams(self.loggers, dict(logging_param))
+
+        # ---- callbacks
+        has_val = self.val_loaders is not None or (datamodule is not None and _overrides(datamodule, "val_dataloader"))
+        pipeline = getattr(module, "inference_pipeline", None)
+        if monitor is None:
+            monitor = (next(iter(self.val_loaders)) if pipeline is not None and self.val_loaders else
+                       "val_acc" if has_val else "train_loss")
+        monitor_mode = monitor_mode or ("min" if "loss" in monitor else "max")
+        self.checkpoint_callback: ModelCheckpoint | None = None
+        all_callbacks = list(callbacks or [])
+        if checkpointing:
+            self.checkpoint_callback = ModelCheckpoint(
+                monitor=monitor, mode=monitor_mode, save_last=True, save_top_k=1,
+                filename="best-{epoch:03d}-{%s:.4f}" % monitor, auto_insert_metric_name=False,
+            )
+            all_callbacks.append(self.checkpoint_callback)
+        if self.loggers and _has_scheduler(scheduler_method, module):
+            all_callbacks.append(LearningRateMonitor(logging_interval="step"))
+
+        trainer_kwargs.setdefault("log_every_n_steps", 50)
+        trainer_kwargs.setdefault("enable_model_summary", not quiet)
+        self.trainer = pl.Trainer(
+            max_epochs=max_epoch, accumulate_grad_batches=accumulate_grad_batches, precision=self.precision,
+            deterministic="warn" if deterministic is True else deterministic, callbacks=all_callbacks,
+            logger=self.loggers or False, default_root_dir=str(self.root_dir),
+            enable_checkpointing=checkpointing, **hardware, **trainer_kwargs,
+        )
+
+    # --------------------------------------------------------------------------------- running
+    def fit(self) -> "KnowledgeDistillationTraining":
+        """Train (resuming from ``resume_from_checkpoint`` when given)."""
+        with quiet_lightning(self.quiet):
+            if self.datamodule is not None:
+                self.trainer.fit(self.module, datamodule=self.datamodule, ckpt_path=self.ckpt_path)
+            else:
+                self.trainer.fit(self.module, train_dataloaders=self.train_loader,
+                                 val_dataloaders=self.val_loaders, ckpt_path=self.ckpt_path)
+        return self
+
+    def test(self, ckpt: str | None = "best") -> list[dict[str, float]]:
+        """Evaluate on the test loaders (or the datamodule's) with the ``"best"`` or ``"last"`` weights,
+        or the in-memory weights (``ckpt=None``)."""
+        if ckpt not in ("best", "last", None):
+            raise ValueError(f"Expected `ckpt` to be 'best', 'last' or None, but got {ckpt!r}.")
+        if ckpt is not None and (self.checkpoint_callback is None or not self.checkpoint_callback.best_model_path):
+            ckpt = None  # nothing saved yet: evaluate the weights in memory
+        with quiet_lightning(self.quiet):
+            if self.test_loaders is not None:
+                return self.trainer.test(self.module, dataloaders=self.test_loaders, ckpt_path=ckpt, verbose=not self.quiet)
+            if self.datamodule is not None:
+                return self.trainer.test(self.module, datamodule=self.datamodule, ckpt_path=ckpt, verbose=not self.quiet)
+        raise ValueError("Nothing to test on: pass `test_data_loaders=` or a `datamodule=` with a test split.")
+
+    def start_kd_training(self) -> nn.Module:
+        """Seed 002's entry point: train, then test when test data was given; returns the student."""
+        self.fit()
+        if self.test_loaders is not None:
+            self.test()
+        return self.get_student_model()
+
+    def get_student_model(self, best: bool = False) -> nn.Module:
+        """The trained student; with ``best=True`` its weights are loaded from the best checkpoint."""
+        student = getattr(self.module, "student", self.module)
+        if best:
+            path = self.best_checkpoint
+            if path is None:
+                raise ValueError("No best checkpoint was written (checkpointing off, or training has not run).")
+            import torch
+
+            state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+            student.load_state_dict({k[len("student."):]: v for k, v in state.items() if k.startswith("student.")})
+        return student
+
+    # --------------------------------------------------------------------------------- paths
+    @property
+    def run_dir(self) -> Path:
+        """This run's directory (``default_root_dir/experiment_name/version_N``)."""
+        return Path(self.trainer.log_dir or self.root_dir)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.checkpoint_callback.dirpath) if self.checkpoint_callback and self.checkpoint_callback.dirpath else self.run_dir / "checkpoints"
+
+    @property
+    def best_checkpoint(self) -> str | None:
+        return (self.checkpoint_callback.best_model_path or None) if self.checkpoint_callback else None
+
+    @property
+    def last_checkpoint(self) -> str | None:
+        return (self.checkpoint_callback.last_model_path or None) if self.checkpoint_callback else None
+
+
+def _overrides(datamodule: pl.LightningDataModule, name: str) -> bool:
+    return getattr(type(datamodule), name) is not getattr(pl.LightningDataModule, name)
+
+
+def _has_scheduler(scheduler_method: str, module: pl.LightningModule) -> bool:
+    if isinstance(module, _KDBaseModule):
+        return bool(module.scheduler_name) or bool(module.warmup_epochs or module.warmup_steps)
+    return bool(scheduler_method)
