@@ -248,12 +248,13 @@ class KnowledgeDistillationTraining:
 
         trainer_kwargs.setdefault("log_every_n_steps", 50)
         trainer_kwargs.setdefault("enable_model_summary", not quiet)
-        self.trainer = pl.Trainer(
+        with quiet_lightning(quiet):
+            self.trainer = pl.Trainer(
             max_epochs=max_epoch, accumulate_grad_batches=accumulate_grad_batches, precision=self.precision,
             deterministic="warn" if deterministic is True else deterministic, callbacks=all_callbacks,
             logger=self.loggers or False, default_root_dir=str(self.root_dir),
             enable_checkpointing=checkpointing, **hardware, **trainer_kwargs,
-        )
+            )
 
     # --------------------------------------------------------------------------------- running
     def fit(self) -> "KnowledgeDistillationTraining":

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from kd_toolkit.losses import check_temperature
 from kd_toolkit.optim import build_optimizer, build_scheduler, check_optimizer_spec, check_scheduler_name
 
-__all__ = ["logits_of", "split_batch"]
+__all__ = ["load_weights", "logits_of", "split_batch"]
 
 _RNG_KEY = "kd_toolkit_rng_state"
 
@@ -53,6 +53,33 @@ def split_batch(batch: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
     if isinstance(batch, Mapping):
         return batch["x"], batch.get("y"), batch.get("index")
     return batch, None, None
+
+
+def load_weights(model: nn.Module, path: str) -> nn.Module:
+    """Load weights into ``model`` from a state-dict file, a ``{"state_dict": ...}`` file or a kd_toolkit /
+    Lightning checkpoint (keys prefixed ``student.`` are taken), safely (``weights_only=True``)."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"Expected a weights file, but {str(path)!r} does not exist.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"Could not read weights from {str(path)!r}: {type(err).__name__}: {err}"[:500]) from err
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"Expected {str(path)!r} to hold a state dict, but got {type(state).__name__}.")
+    if any(k.startswith("student.") for k in state):
+        state = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(
+            f"The weights in {str(path)!r} do not fit {type(model).__name__} (different architecture or class "
+            f"count): {str(err).splitlines()[0]} ..."
+        ) from err
+    return model
 
 
 def _check_weights(loss_weights: Mapping[str, float], allowed: Iterable[str]) -> dict[str, float]:
@@ -95,6 +122,7 @@ class _KDBaseModule(pl.LightningModule):
         scheduler_kwargs: Mapping[str, Any] | None = None,
         track_grad_norm: float | None = None,
         inference_pipeline: Any = None,
+        teacher_checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(student, nn.Module):
@@ -121,6 +149,10 @@ class _KDBaseModule(pl.LightningModule):
         # state_dict (so not in the student's checkpoint), not in parameters() (so never in an optimizer)
         # and not seen by DDP. It is moved to the input's device/dtype lazily in `teacher_forward`.
         object.__setattr__(self, "_teacher", None)
+        if teacher_checkpoint:
+            if teacher is None:
+                raise ValueError("Expected a `teacher` architecture to load `teacher_checkpoint` into, but got None.")
+            load_weights(teacher, teacher_checkpoint)
         if teacher is not None:
             teacher.requires_grad_(False).eval()
             object.__setattr__(self, "_teacher", teacher)
@@ -185,9 +217,9 @@ class _KDBaseModule(pl.LightningModule):
         if total.device.type != "cpu" and self._trainer is not None and step % max(1, self.trainer.log_every_n_steps):
             return
         if not bool(torch.isfinite(total)):
-            bad = {k: float(v) for k, v in components.items() if not bool(torch.isfinite(v))}
+            bad = {k: float(v.detach()) for k, v in components.items() if not bool(torch.isfinite(v))}
             raise FloatingPointError(
-                f"Non-finite training loss at epoch {self.current_epoch}, step {step}: total={float(total)}, "
+                f"Non-finite training loss at epoch {self.current_epoch}, step {step}: total={float(total.detach())}, "
                 f"non-finite components={bad or 'weighted sum overflowed'}. Lower the learning rate, check the "
                 "inputs for NaN/inf, or use precision=32."
             )
@@ -331,6 +363,19 @@ class _KDBaseModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(_RNG_KEY)
+        self._apply_rng_state(state)
+        # The sanity-check validation that Lightning runs after restoring creates a DataLoader iterator,
+        # which draws from the global RNG; the state is applied again when it ends (`on_validation_end`),
+        # right before the training loop creates its first iterator.
+        self._pending_rng_state = state
+
+    def on_validation_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self._apply_rng_state(getattr(self, "_pending_rng_state", None))
+        self._pending_rng_state = None
+
+    @staticmethod
+    def _apply_rng_state(state: dict[str, Any] | None) -> None:
         if not state:
             return
         torch.random.set_rng_state(state["torch"])

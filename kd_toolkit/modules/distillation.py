@@ -50,6 +50,8 @@ class DistillationModule(_KDBaseModule):
             used instead of accuracy for validation/test; logged under each loader's name (seed 002).
         cache_teacher_outputs: compute the teacher's logits once per training sample and reuse them every
             epoch (seed 003). Only valid when the training data is not augmented at random.
+        teacher_checkpoint: weights to load into ``teacher`` (a state dict, or a checkpoint of a teacher trained
+            with this class and ``teacher=None``); lets YAML configs name a pretrained teacher.
 
     Example:
         >>> import pytorch_lightning as pl
@@ -84,12 +86,14 @@ class DistillationModule(_KDBaseModule):
         track_grad_norm: float | None = None,
         inference_pipeline: Any = None,
         cache_teacher_outputs: bool = False,
+        teacher_checkpoint: str | None = None,
     ) -> None:
         super().__init__(
             student, teacher, temperature=temperature, loss_weights=loss_weights, criterion=criterion,
             optimizer=optimizer, lr=lr, optimizer_kwargs=optimizer_kwargs, scheduler=scheduler,
             warmup_epochs=warmup_epochs, warmup_steps=warmup_steps, scheduler_kwargs=scheduler_kwargs,
             track_grad_norm=track_grad_norm, inference_pipeline=inference_pipeline,
+            teacher_checkpoint=teacher_checkpoint,
         )
         needs_teacher = [k for k in ("kd_loss", "cos_embed_loss") if self.loss_weights.get(k, 0) > 0]
         if teacher is None and needs_teacher:
