@@ -99,7 +99,7 @@ class KnowledgeDistillationTraining:
         ...     train_data_loader=dm.train_dataloader(), val_data_loaders={"digits": dm.val_dataloader()},
         ...     num_gpu_used=0, max_epoch=1, learning_rate=1e-3, temperature=4.0,
         ...     final_loss_coeff_dict={"kd_loss": 0.7, "hard_loss": 0.3}, default_root_dir=getfixture("tmp_path"),
-        ...     enable_progress_bar=False, limit_train_batches=2)
+        ...     enable_progress_bar=False, quiet=True, limit_train_batches=2)
         >>> student = kd.start_kd_training()
         >>> sorted(p.name for p in kd.checkpoint_dir.iterdir())[-1]
         'last.ckpt'
@@ -181,7 +181,8 @@ class KnowledgeDistillationTraining:
         if cache_teacher_outputs and datamodule is not None:  # the loader must carry sample indices
             datamodule.setup("fit")
             train_data_loader = datamodule.train_dataloader()
-            self.val_loaders = self.val_loaders or {"val": datamodule.val_dataloader()}
+            val_loader = datamodule.val_dataloader()
+            self.val_loaders = self.val_loaders or ({"val": val_loader} if isinstance(val_loader, DataLoader) else None)
             self.datamodule = None
         if cache_teacher_outputs:
             from kd_toolkit.data import find_random_transform, with_sample_indices

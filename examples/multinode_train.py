@@ -1,0 +1,54 @@
+"""Multi-GPU / multi-node distillation with Lightning's DDP (launched by SLURM, torchrun or directly).
+
+    # one machine, 4 GPUs
+    python examples/multinode_train.py --gpus 4
+    # SLURM, 2 nodes x 4 GPUs: see examples/slurm_multinode.sh
+    # CPU stand-in for a quick check (2 processes, gloo):
+    python examples/multinode_train.py --gpus 0 --cpu-processes 2
+
+Lightning detects SLURM (SLURM_NTASKS, SLURM_PROCID, ...) and torchrun environment variables by
+itself; the script only states how many devices per node and how many nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from kd_toolkit import KnowledgeDistillationTraining
+from kd_toolkit.data import DigitsDataModule
+from kd_toolkit.models import create_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs per node (0 = CPU)")
+    parser.add_argument("--num-nodes", type=int, default=1)
+    parser.add_argument("--cpu-processes", type=int, default=2, help="processes when --gpus 0")
+    parser.add_argument("--max-epoch", type=int, default=3)
+    parser.add_argument("--precision", default="16", help="16 (mixed), 32, bf16-mixed ...")
+    parser.add_argument("--root", default="runs/multinode")
+    args = parser.parse_args()
+
+    data = DigitsDataModule(batch_size=64, seed=0)  # every rank builds the same split (seeded)
+    hardware = (dict(num_gpu_used=args.gpus) if args.gpus > 0 else
+                dict(accelerator="cpu", devices=args.cpu_processes, strategy="ddp"))
+    kd = KnowledgeDistillationTraining(
+        teacher_model=create_model("digits_teacher"),  # use a trained teacher: teacher_checkpoint= in module_kwargs
+        student_model=create_model("digits_student"),
+        datamodule=data,
+        num_nodes=args.num_nodes,
+        max_epoch=args.max_epoch,
+        precision=int(args.precision) if args.precision.isdigit() else args.precision,
+        learning_rate=3e-3,
+        temperature=4.0,
+        final_loss_coeff_dict={"kd_loss": 0.7, "hard_loss": 0.3},
+        default_root_dir=args.root,
+        **hardware,
+    )
+    kd.fit()
+    if kd.trainer.is_global_zero:
+        print(f"world size {kd.trainer.world_size}; best checkpoint: {kd.best_checkpoint}")
+
+
+if __name__ == "__main__":  # required: DDP re-launches this script in each process
+    main()
