@@ -1,0 +1,170 @@
+"""Tests for kd_toolkit.calibration: threshold calibration, sweeps, plots and latency."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from kd_toolkit.calibration import (
+    CalibrationResult,
+    calibrate_thresholds,
+    collect_exit_logits,
+    measure_segment_latency,
+    plot_accuracy_vs_compute,
+    sweep_thresholds,
+)
+from kd_toolkit.early_exit import EarlyExitNetwork, average_macs, exit_macs
+
+NUM_CLASSES, DIM = 4, 16
+_TEACHER = torch.randn(NUM_CLASSES, DIM, generator=torch.Generator().manual_seed(0))  # (C, D)
+
+
+def _data(n: int, seed: int) -> TensorDataset:
+    """Labels are argmax(W x) with 5% of them flipped: the final exit (W itself) gets about 95%."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, DIM, generator=g)  # (N, D)
+    y = (x @ _TEACHER.T).argmax(-1)
+    flip = torch.rand(n, generator=g) < 0.05
+    y[flip] = torch.randint(0, NUM_CLASSES, (int(flip.sum()),), generator=g)
+    return TensorDataset(x, y)
+
+
+def _linear(weight: torch.Tensor) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.zero_()
+    return layer
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A "trained" network built by hand (no training: instant and deterministic).
+
+    Blocks pass x through; the final block applies W; the exits apply W plus noise (more at
+    exit 0), so early exits are cheaper, less accurate and less sure near decision boundaries.
+    """
+    eye = torch.eye(DIM)
+    blocks = nn.Sequential(_linear(eye), _linear(eye), nn.Sequential(_linear(eye), _linear(eye), _linear(_TEACHER)))
+    net = EarlyExitNetwork(blocks, (1, DIM), [[], []], [0.9, 0.9])
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for head, noise in zip(net.exits, [0.4, 0.1]):
+            head[-1].weight.copy_(_TEACHER + noise * torch.randn(NUM_CLASSES, DIM, generator=g))
+            head[-1].bias.zero_()
+    return net.eval()
+
+
+@pytest.fixture
+def network(trained):
+    return copy.deepcopy(trained)
+
+
+@pytest.fixture(scope="module")
+def val_loader():
+    return DataLoader(_data(600, seed=2), batch_size=128)
+
+
+def _predict_over(net, loader):
+    results = [(net.predict(x), y) for x, y in loader]
+    preds = torch.cat([r.predictions for r, _ in results])
+    exits = torch.cat([r.exit_index for r, _ in results])
+    labels = torch.cat([y for _, y in results])
+    return (preds == labels).float().mean().item(), exits
+
+
+def test_collect_exit_logits(network, val_loader):
+    network.train()
+    logits, labels = collect_exit_logits(network, val_loader)
+    assert [tuple(t.shape) for t in logits] == [(600, NUM_CLASSES)] * 3 and labels.shape == (600,)
+    accuracies = [(t.argmax(-1) == labels).float().mean().item() for t in logits]
+    assert accuracies[0] < accuracies[1] < accuracies[2]
+    assert network.training and not any(t.requires_grad for t in logits)
+
+
+@pytest.mark.parametrize("drop", [0.0, 0.005, 0.03])
+def test_accuracy_constraint_holds_on_the_calibration_data(network, val_loader, drop):
+    before = network.thresholds
+    result = calibrate_thresholds(network, val_loader, max_accuracy_drop=drop)
+    assert isinstance(result, CalibrationResult) and network.thresholds == before  # apply=False
+    assert all(0.0 < t <= 1.0 for t in result.thresholds) and len(result.thresholds) == 2
+    assert result.accuracy >= result.full_accuracy - drop - 1e-9
+    assert sum(result.exit_shares) == pytest.approx(1.0) and 0.0 < result.relative_compute <= 1.0
+    calibrate_thresholds(network, val_loader, max_accuracy_drop=drop, apply=True)
+    assert network.thresholds == result.thresholds
+    accuracy, exits = _predict_over(network, val_loader)  # the real batched early exit agrees
+    assert accuracy == pytest.approx(result.accuracy) and accuracy >= result.full_accuracy - drop - 1e-9
+    assert average_macs(exits, exit_macs(network)) == pytest.approx(result.average_macs)
+
+
+def test_a_looser_budget_saves_compute(network, val_loader):
+    strict = calibrate_thresholds(network, val_loader, max_accuracy_drop=0.0)
+    loose = calibrate_thresholds(network, val_loader, max_accuracy_drop=0.03)
+    assert loose.average_macs < strict.average_macs < exit_macs(network)[-1]
+    assert strict.accuracy >= strict.full_accuracy and strict.relative_compute < 1.0
+    assert min(strict.exit_shares) > 0.0  # every exit is used
+
+
+@pytest.mark.parametrize("share", [0.3, 0.7, 1.0])
+def test_target_exit_share_is_respected(network, val_loader, share):
+    result = calibrate_thresholds(network, val_loader, max_accuracy_drop=None, target_exit_share=share, apply=True)
+    assert 1.0 - result.exit_shares[-1] >= share - 1e-9
+    assert len(set(result.thresholds)) == 1 and 0.0 < result.thresholds[0] <= 1.0
+    _, exits = _predict_over(network, val_loader)
+    assert (exits < 2).float().mean().item() >= share - 1e-9
+
+
+def test_unreachable_share_and_bad_targets(network, val_loader):
+    with pytest.raises(ValueError, match="Expected `target_exit_share` to be reachable"):
+        calibrate_thresholds(network, val_loader, max_accuracy_drop=None, target_exit_share=0.5, candidates=[1.0])
+    with pytest.raises(ValueError, match="Expected exactly one of `max_accuracy_drop` and `target_exit_share`"):
+        calibrate_thresholds(network, val_loader, target_exit_share=0.5)  # the default drop is still set
+    with pytest.raises(ValueError, match="Expected exactly one of"):
+        calibrate_thresholds(network, val_loader, max_accuracy_drop=None)
+    with pytest.raises(ValueError, match=r"Expected `max_accuracy_drop` to be a number in \[0, 1\]"):
+        calibrate_thresholds(network, val_loader, max_accuracy_drop=-0.1)
+    with pytest.raises(ValueError, match=r"Expected `target_exit_share` to be a number in \(0, 1\]"):
+        calibrate_thresholds(network, val_loader, max_accuracy_drop=None, target_exit_share=0.0)
+    with pytest.raises(ValueError, match=r"Expected `candidates` to be a non-empty sequence of numbers in \(0, 1\]"):
+        calibrate_thresholds(network, val_loader, candidates=[0.0, 0.5])
+
+
+def test_empty_loader(network):
+    empty = DataLoader(TensorDataset(torch.zeros(0, DIM), torch.zeros(0, dtype=torch.long)), batch_size=8)
+    with pytest.raises(ValueError, match="Expected `val_loader` to yield at least one"):
+        calibrate_thresholds(network, empty)
+    with pytest.raises(ValueError, match="Expected `loader` to yield at least one"):
+        collect_exit_logits(network, [])
+    with pytest.raises(ValueError, match=r"Expected `loader` to yield \(x, y\) batches"):
+        collect_exit_logits(network, [torch.zeros(2, DIM)])
+
+
+def test_sweep_and_plot_write_a_png(network, val_loader, tmp_path):
+    values = [0.3, 0.6, 0.9, 0.99, 1.0]
+    sweep = sweep_thresholds(network, val_loader, values)
+    assert [point["threshold"] for point in sweep] == values
+    assert {"accuracy", "full_accuracy", "average_macs", "relative_compute", "exit_shares"} <= set(sweep[0])
+    compute = [point["relative_compute"] for point in sweep]
+    assert compute[:-1] == sorted(compute[:-1]) and compute[-1] == pytest.approx(1.0)  # 1.0: heads skipped
+    assert sweep[-1]["accuracy"] == pytest.approx(sweep[-1]["full_accuracy"])
+    path = plot_accuracy_vs_compute(sweep, tmp_path / "plots" / "sweep.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="Expected `sweep` to be a non-empty result"):
+        plot_accuracy_vs_compute([], tmp_path / "empty.png")
+    with pytest.raises(ValueError, match="Expected `values` to be a non-empty sequence"):
+        sweep_thresholds(network, val_loader, [1.5])
+
+
+def test_latency_returns_positive_numbers(network):
+    network.train()
+    rows = measure_segment_latency(network, (1, DIM), batch_sizes=(1, 32), repeats=3, warmup=1)
+    assert len(rows) == 2 * (network.num_exits + 1) and network.training
+    assert [row["segment"] for row in rows[:4]] == [0, 1, 2, "full"]
+    assert all(row["mean_ms"] > 0 and row["min_ms"] > 0 and row["std_ms"] >= 0 for row in rows)
+    assert {row["batch_size"] for row in rows} == {1, 32} and rows[0]["device"] == "cpu"
+    with pytest.raises(ValueError, match="Expected `batch_sizes` to be positive ints"):
+        measure_segment_latency(network, None, batch_sizes=(0,))

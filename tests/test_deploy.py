@@ -1,0 +1,225 @@
+"""Tests for kd_toolkit.deploy: TorchScript/ONNX export, the manifest, loading and atomic writes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import kd_toolkit
+from kd_toolkit.deploy import SegmentChain, export_segments, load_segments
+from kd_toolkit.early_exit import EarlyExitNetwork
+
+HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
+NUM_CLASSES = 4
+
+
+def _blocks(middle: nn.Module | None = None) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.3)),
+        middle or nn.Sequential(nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.ReLU()),
+        nn.Sequential(nn.Flatten(), nn.Linear(6 * 4 * 4, NUM_CLASSES)),
+    )
+
+
+def _network(middle: nn.Module | None = None) -> EarlyExitNetwork:
+    net = EarlyExitNetwork(_blocks(middle), (1, 1, 8, 8), [[16], []], [0.5, 0.5])
+    with torch.no_grad():
+        for p in net.exits.parameters():
+            p.mul_(4.0)  # sharper exits: confidences spread over (0, 1)
+        scores = [net.confidence_scores(o).sort().values for o in net.eval()(_data())[:-1]]
+    net.thresholds = [float((s[10] + s[11]) / 2) for s in scores]  # about half leave at each exit
+    return net
+
+
+def _data(n: int = 24) -> torch.Tensor:
+    return torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+class Untraceable(nn.Module):
+    """A block that works eagerly but refuses to be traced: makes an export fail midway."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 6, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():
+            raise RuntimeError("this block cannot be traced")
+        return self.conv(x)
+
+
+class BakedBatch(nn.Module):
+    """int(x.shape[0]) becomes a constant in a trace, so the trace only fits one batch size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 6, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)  # (B, 6, 4, 4)
+        return y.reshape(int(y.shape[0]), 6, 4, 4)
+
+
+def _snapshot(directory):
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def onnx_export(tmp_path_factory):
+    """Two segments keep the (slow) dynamo-based ONNX export to a couple of seconds."""
+    torch.manual_seed(0)
+    blocks = nn.Sequential(
+        nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.3)),
+        nn.Sequential(nn.Flatten(), nn.Linear(4 * 8 * 8, NUM_CLASSES)),
+    )
+    net = EarlyExitNetwork(blocks, (1, 1, 8, 8), 8, [0.3])
+    return net, export_segments(net, tmp_path_factory.mktemp("onnx") / "chain", format="onnx")
+
+
+def test_torchscript_roundtrip_matches_network_predict(tmp_path):
+    net = _network().train()
+    out = export_segments(net, tmp_path / "chain")
+    assert out == tmp_path / "chain" and net.training  # training flags restored
+    chain = load_segments(out)
+    assert isinstance(chain, SegmentChain) and len(chain) == 3
+    x = _data(40)
+    expected, got = net.predict(x), chain.predict(x)
+    assert set(expected.exit_index.tolist()) == {0, 1, 2}
+    assert torch.equal(got.predictions, expected.predictions) and torch.equal(got.exit_index, expected.exit_index)
+    torch.testing.assert_close(got.logits, expected.logits, rtol=1e-5, atol=1e-5)
+    # Device by device, through the segments, keeping track of which samples remain.
+    preds, remaining, h = torch.full((40,), -1), torch.arange(40), x
+    for index in range(len(chain)):
+        logits, exited, h = chain.segment(index)(h)
+        preds[remaining[exited]] = logits[exited].argmax(-1)
+        remaining = remaining[~exited]
+    assert h is None and remaining.numel() == 0 and torch.equal(preds, expected.predictions)
+
+
+def test_manifest_content(tmp_path):
+    net = _network()
+    manifest = json.loads((export_segments(net, tmp_path / "chain") / "manifest.json").read_text())
+    assert manifest["format"] == "torchscript" and manifest["kd_toolkit_version"] == kd_toolkit.__version__
+    assert manifest["thresholds"] == net.thresholds and manifest["confidence"] == "max_prob"
+    assert manifest["num_segments"] == 3 and manifest["num_classes"] == NUM_CLASSES
+    segments = manifest["segments"]
+    assert [s["file"] for s in segments] == ["segment_0.pt", "segment_1.pt", "segment_2.pt"]
+    assert [s["input_shape"] for s in segments] == [[1, 8, 8], [4, 8, 8], [6, 4, 4]]
+    assert [s["feature_shape"] for s in segments] == [[4, 8, 8], [6, 4, 4], None]
+    assert [s["is_last"] for s in segments] == [False, False, True]
+    assert sorted(p.name for p in (tmp_path / "chain").iterdir()) == sorted(manifest["files"] + ["manifest.json"])
+
+
+def test_onnx_files_pass_the_checker_and_compute_the_segments(onnx_export):
+    onnx = pytest.importorskip("onnx")
+    from onnx.reference import ReferenceEvaluator
+
+    net, out = onnx_export
+    net.eval()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format"] == "onnx"
+    x = _data(5)
+    for entry, segment in zip(manifest["segments"], net.segments()):
+        path = out / entry["file"]
+        onnx.checker.check_model(str(path), full_check=True)
+        model = onnx.load(str(path))
+        assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch axis
+        outputs = ReferenceEvaluator(model).run(None, {"input": x.numpy()})
+        with torch.no_grad():
+            features = segment.block(x)
+            expected = [features] if segment.is_last else [features, segment.exit_head(features)]
+        for got, want in zip(outputs, expected):
+            np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-5)
+        x = features
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime is not installed")
+def test_onnx_chain_matches_network_predict(onnx_export):
+    net, out = onnx_export
+    x = _data(40)
+    expected, got = net.predict(x), load_segments(out).predict(x)
+    assert torch.equal(got.predictions, expected.predictions) and torch.equal(got.exit_index, expected.exit_index)
+
+
+def test_onnx_chain_without_onnxruntime_says_what_to_install(onnx_export, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    with pytest.raises(ImportError, match="pip install onnxruntime"):
+        load_segments(onnx_export[1])
+
+
+def test_failed_export_leaves_the_target_untouched(tmp_path):
+    target = export_segments(_network(), tmp_path / "chain")  # a previous export
+    before = _snapshot(target)
+    with pytest.raises(RuntimeError, match="cannot be traced"):
+        export_segments(_network(Untraceable()), target)  # segment 0 is written, segment 1 fails
+    assert _snapshot(target) == before
+    with pytest.raises(RuntimeError, match="cannot be traced"):
+        export_segments(_network(Untraceable()), tmp_path / "fresh")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chain"]  # no staging leftovers, no "fresh"
+
+
+def test_overwriting_a_previous_export(tmp_path):
+    net = _network()
+    export_segments(net, tmp_path / "chain")
+    net.thresholds = [1.0, 1.0]
+    export_segments(net, tmp_path / "chain")
+    assert load_segments(tmp_path / "chain").thresholds == [1.0, 1.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chain"]
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_trace_that_only_fits_one_batch_size_is_rejected(tmp_path):
+    with pytest.raises(RuntimeError, match="fails on a batch of 3"):
+        export_segments(_network(BakedBatch()), tmp_path / "chain")
+    assert not (tmp_path / "chain").exists()
+
+
+def test_bad_targets_and_options(tmp_path):
+    net = _network()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="Expected `directory` to be new, empty or a previous export"):
+        export_segments(net, tmp_path / "other")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="Expected `directory` to be a directory path"):
+        export_segments(net, tmp_path / "file")
+    export_segments(net, tmp_path / "chain")
+    (tmp_path / "chain" / "extra.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"Expected `directory` to hold only a previous export.*extra\.bin"):
+        export_segments(net, tmp_path / "chain")
+    with pytest.raises(ValueError, match=r"Expected `format` to be one of \('torchscript', 'onnx'\)"):
+        export_segments(net, tmp_path / "new", format="tflite")
+    with pytest.raises(ValueError, match="Expected `directory` to hold an export"):
+        load_segments(tmp_path / "other")
+
+
+def test_chain_thresholds_and_segment_index_are_validated(tmp_path):
+    chain = load_segments(export_segments(_network(), tmp_path / "chain"))
+    with pytest.raises(ValueError, match=r"Expected `thresholds` to be 2 number\(s\) in \(0, 1\]"):
+        chain.thresholds = [0.5]
+    with pytest.raises(ValueError, match=r"Expected `index` to be an int in \[0, 3\)"):
+        chain.segment(3)
+    chain.thresholds = [1e-6, 1.0]
+    assert chain.predict(_data(6)).exit_index.tolist() == [0] * 6
+
+
+def test_the_deploy_file_runs_the_chain_without_kd_toolkit(tmp_path, monkeypatch):
+    net = _network()
+    out = export_segments(net, tmp_path / "chain")
+    expected = net.predict(_data(30))
+    shutil.copy(importlib.util.find_spec("kd_toolkit.deploy").origin, tmp_path / "device_runtime.py")
+    for name in [m for m in sys.modules if m == "kd_toolkit" or m.startswith("kd_toolkit.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # any import of kd_toolkit now fails
+    spec = importlib.util.spec_from_file_location("device_runtime", tmp_path / "device_runtime.py")
+    runtime = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runtime)
+    got = runtime.load_segments(out).predict(_data(30))
+    assert torch.equal(got.predictions, expected.predictions) and torch.equal(got.exit_index, expected.exit_index)
