@@ -33,8 +33,8 @@ setup(
         "pyyaml",
     ],
     extras_require={
-        "dev": ["pytest>=7", "pytest-timeout", "onnx", "onnxscript"],
-        "onnx": ["onnx", "onnxscript"],
+        "dev": ["pytest>=7", "pytest-timeout", "onnx", "onnxscript", "onnxruntime"],
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],
     },
     entry_points={"console_scripts": ["kd-toolkit=kd_toolkit.cli:main"]},
     classifiers=[

@@ -1,14 +1,47 @@
-"""kd_toolkit: knowledge distillation, FitNets and early-exit networks on PyTorch Lightning."""
+"""kd_toolkit: knowledge distillation, FitNets and early-exit networks on PyTorch Lightning.
+
+Public names are imported lazily (PEP 562), so ``import kd_toolkit.deploy`` on an edge device does
+not pull in Lightning.
+
+Example:
+    >>> from kd_toolkit import KnowledgeDistillationTraining, knowledge_distillation_train
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from kd_toolkit.api import knowledge_distillation_train
-from kd_toolkit.modules.distillation import DistillationModule
-from kd_toolkit.training import KnowledgeDistillationTraining
+_LAZY = {
+    "DistillationModule": "kd_toolkit.modules.distillation",
+    "FitNetsModule": "kd_toolkit.modules.fitnets",
+    "EarlyExitModule": "kd_toolkit.modules.early_exit",
+    "KnowledgeDistillationTraining": "kd_toolkit.training",
+    "knowledge_distillation_train": "kd_toolkit.api",
+    "train_fitnets": "kd_toolkit.fitnets_api",
+    "create_fitnets_config": "kd_toolkit.fitnets_api",
+    "EarlyExitNetwork": "kd_toolkit.early_exit",
+    "EarlyExitNetworkSegmentor": "kd_toolkit.early_exit",
+    "calibrate_thresholds": "kd_toolkit.calibration",
+    "export_segments": "kd_toolkit.deploy",
+    "load_segments": "kd_toolkit.deploy",
+    "FeatureTaps": "kd_toolkit.taps",
+    "kd_loss": "kd_toolkit.losses",
+}
 
-__all__ = [
-    "DistillationModule",
-    "KnowledgeDistillationTraining",
-    "__version__",
-    "knowledge_distillation_train",
-]
+__all__ = ["__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kd_toolkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # cache: later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -198,3 +198,37 @@ def test_module_and_student_together_is_an_error(tmp_path, loaders):
     with pytest.raises(ValueError, match="either `module=`"):
         KnowledgeDistillationTraining(student_model=TinyMLP(), module=DistillationModule(TinyMLP()),
                                       train_data_loader=loaders("train"), default_root_dir=tmp_path)
+
+
+def test_comet_without_network_writes_an_offline_archive_in_the_run_dir(tmp_path, loaders, monkeypatch):
+    import time
+    import zipfile
+
+    monkeypatch.setenv("COMET_URL_OVERRIDE", "http://127.0.0.1:9/clientlib/")  # nothing listens: refused at once
+    info = tmp_path / "comet.txt"
+    info.write_text("ABCDEFKEY123\nkd-project\nmy-workspace\n")
+    start = time.monotonic()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kd = KnowledgeDistillationTraining(
+            student_model=TinyMLP(), train_data_loader=loaders("train"), val_data_loaders={"val": loaders("val")},
+            num_gpu_used=0, max_epoch=1, log_to_comet=True, comet_info_path=str(info), comet_exp_name="offline-run",
+            logging_param={"lr": 1e-3}, default_root_dir=tmp_path, limit_train_batches=3, log_every_n_steps=1, **FAST,
+        )
+        kd.fit()
+    assert time.monotonic() - start < 25
+    offline = [w for w in caught if "offline" in str(w.message).lower()]
+    assert len(offline) == 1 and "ABCDEFKEY123" not in str(offline[0].message)
+    archives = list(kd.run_dir.rglob("*.zip"))
+    assert len(archives) == 1
+    with zipfile.ZipFile(archives[0]) as zf:
+        content = b"".join(zf.read(n) for n in zf.namelist())
+    assert b"train_loss" in content and b"ABCDEFKEY123" not in content
+
+
+def test_malformed_comet_info_fails_before_training(tmp_path, loaders):
+    info = tmp_path / "comet.txt"
+    info.write_text("only-a-key\n")
+    with pytest.raises(ValueError, match="three"):
+        KnowledgeDistillationTraining(student_model=TinyMLP(), train_data_loader=loaders("train"), log_to_comet=True,
+                                      comet_info_path=str(info), default_root_dir=tmp_path)

@@ -1,5 +1,19 @@
-"""LightningModules: teacher/student distillation, FitNets and early exits."""
+"""LightningModules: teacher/student distillation, FitNets and early exits (imported lazily)."""
 
-from kd_toolkit.modules.distillation import DistillationModule
+from __future__ import annotations
 
-__all__ = ["DistillationModule"]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "DistillationModule": "kd_toolkit.modules.distillation",
+    "FitNetsModule": "kd_toolkit.modules.fitnets",
+    "EarlyExitModule": "kd_toolkit.modules.early_exit",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'kd_toolkit.modules' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)
