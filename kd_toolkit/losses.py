@@ -97,7 +97,7 @@ def cosine_logit_loss(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
     """``1 - cos(student, teacher)`` averaged over the batch (seed 002's ``cos_embed_loss``).
 
     Example:
-        >>> float(cosine_logit_loss(torch.tensor([[1.0, 2.0]]), torch.tensor([[2.0, 4.0]])))
+        >>> round(float(cosine_logit_loss(torch.tensor([[1.0, 2.0]]), torch.tensor([[2.0, 4.0]]))), 6)
         0.0
     """
     _check_logit_pair(student_logits, teacher_logits)
