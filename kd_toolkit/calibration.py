@@ -34,6 +34,14 @@ __all__ = [
 _DEFAULT_CANDIDATES = tuple(sorted({round(k / 100, 2) for k in range(1, 101)} | {0.995, 0.999, 0.9995, 0.9999}))
 
 
+class _DefaultDrop(float):
+    """The default ``max_accuracy_drop`` (0.005): a float, but recognisable, so that giving only
+    ``target_exit_share`` switches to that target instead of clashing with the default."""
+
+
+_DEFAULT_DROP = _DefaultDrop(0.005)
+
+
 @dataclass
 class CalibrationResult:
     """Outcome of :func:`calibrate_thresholds` (accuracies and shares are fractions in [0, 1])."""
@@ -94,14 +102,15 @@ def calibrate_thresholds(
     network: EarlyExitNetwork,
     val_loader: Iterable,
     *,
-    max_accuracy_drop: float | None = 0.005,
+    max_accuracy_drop: float | None = _DEFAULT_DROP,
     target_exit_share: float | None = None,
     candidates: Sequence[float] | None = None,
     apply: bool = False,
 ) -> CalibrationResult:
     """Pick exit thresholds on a validation split (never the test split).
 
-    Exactly one target is used (to use ``target_exit_share``, pass ``max_accuracy_drop=None``):
+    Exactly one target is used: ``max_accuracy_drop`` (0.005 by default) or, when given,
+    ``target_exit_share`` (giving both explicitly is an error):
 
     - ``max_accuracy_drop``: early-exit accuracy at most this much (absolute, 0.005 = 0.5 points)
       below the final exit's accuracy, with as little average compute as the search finds. The
@@ -115,7 +124,8 @@ def calibrate_thresholds(
     Args:
         network: The early-exit network; its thresholds are changed only when ``apply``.
         val_loader: Validation batches ``(x, y)``.
-        max_accuracy_drop: Allowed accuracy drop in [0, 1], or ``None``.
+        max_accuracy_drop: Allowed accuracy drop in [0, 1], or ``None``; the default 0.005 applies
+            only when ``target_exit_share`` is not given.
         target_exit_share: Share of early exits in (0, 1], or ``None``.
         candidates: Thresholds to try, in (0, 1]; default 0.01..1.00 by 0.01 plus 0.995..0.9999.
         apply: Set the chosen thresholds on ``network``.
@@ -124,15 +134,17 @@ def calibrate_thresholds(
         >>> from torch import nn
         >>> net = EarlyExitNetwork(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3)), (1, 4), 8, [0.9])
         >>> data = [(torch.randn(16, 4), torch.randint(0, 3, (16,)))]
-        >>> result = calibrate_thresholds(net, data, max_accuracy_drop=None, target_exit_share=0.5)
+        >>> result = calibrate_thresholds(net, data, target_exit_share=0.5)
         >>> result.exit_shares[0] >= 0.5
         True
     """
+    if max_accuracy_drop is _DEFAULT_DROP:
+        max_accuracy_drop = None if target_exit_share is not None else float(_DEFAULT_DROP)
     if (max_accuracy_drop is None) == (target_exit_share is None):
         raise ValueError(
             "Expected exactly one of `max_accuracy_drop` and `target_exit_share`, but got "
             f"max_accuracy_drop={max_accuracy_drop!r} and target_exit_share={target_exit_share!r}; "
-            "pass max_accuracy_drop=None to calibrate for a target exit share."
+            "give only one of them."
         )
     if max_accuracy_drop is not None and not (_is_real(max_accuracy_drop) and 0.0 <= max_accuracy_drop <= 1.0):
         raise ValueError(f"Expected `max_accuracy_drop` to be a number in [0, 1], but got {max_accuracy_drop!r}.")

@@ -229,6 +229,11 @@ class _ExitStep:
 def _run_chain(steps: Sequence[_ExitStep], x: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
     """Run exit steps on a shrinking batch and scatter the results back to the input order."""
     batch = x.shape[0]
+    if batch == 1:  # one sample (edge latency): stop at its exit, no bookkeeping tensors
+        for index, step in enumerate(steps):
+            logits, exited, x = step(x)
+            if logits is not None and bool(exited[0]):
+                return logits.argmax(dim=-1), torch.full((1,), index, dtype=torch.long, device=x.device), logits
     exit_index = torch.full((batch,), len(steps) - 1, dtype=torch.long, device=x.device)  # (B,)
     remaining = torch.arange(batch, device=x.device)  # (R,) original positions still undecided
     out: Tensor | None = None
@@ -333,14 +338,19 @@ def _count_flops(module: nn.Module, x: Tensor) -> tuple[int, Tensor]:
 
 @contextlib.contextmanager
 def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Put ``module`` in eval mode and restore every submodule's own training flag afterwards."""
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
+    """Put ``module`` in eval mode and restore every submodule's own training flag afterwards.
+
+    Only the submodules in training mode are touched (none for a network already in eval mode), which
+    keeps batch-1 ``predict`` cheap: ``module.eval()`` plus a restore cost ~0.2 ms per call for a LeNet.
+    """
+    training = [m for m in module.modules() if m.training]
+    for m in training:
+        m.training = False
     try:
         yield
     finally:
-        for m, flag in flags:
-            m.training = flag
+        for m in training:
+            m.training = True
 
 
 def _blocks_of(model: nn.Module) -> nn.Sequential:

@@ -118,11 +118,20 @@ def test_target_exit_share_is_respected(network, val_loader, share):
     assert (exits < 2).float().mean().item() >= share - 1e-9
 
 
+def test_target_exit_share_alone_replaces_the_default_drop(network, val_loader):
+    alone = calibrate_thresholds(network, val_loader, target_exit_share=0.6)
+    explicit = calibrate_thresholds(network, val_loader, max_accuracy_drop=None, target_exit_share=0.6)
+    assert alone == explicit and 1.0 - alone.exit_shares[-1] >= 0.6 - 1e-9
+    default = calibrate_thresholds(network, val_loader)  # neither given: the 0.5-point budget
+    assert default == calibrate_thresholds(network, val_loader, max_accuracy_drop=0.005)
+    assert default.accuracy >= default.full_accuracy - 0.005 - 1e-9
+
+
 def test_unreachable_share_and_bad_targets(network, val_loader):
     with pytest.raises(ValueError, match="Expected `target_exit_share` to be reachable"):
         calibrate_thresholds(network, val_loader, max_accuracy_drop=None, target_exit_share=0.5, candidates=[1.0])
     with pytest.raises(ValueError, match="Expected exactly one of `max_accuracy_drop` and `target_exit_share`"):
-        calibrate_thresholds(network, val_loader, target_exit_share=0.5)  # the default drop is still set
+        calibrate_thresholds(network, val_loader, max_accuracy_drop=0.005, target_exit_share=0.5)  # both given
     with pytest.raises(ValueError, match="Expected exactly one of"):
         calibrate_thresholds(network, val_loader, max_accuracy_drop=None)
     with pytest.raises(ValueError, match=r"Expected `max_accuracy_drop` to be a number in \[0, 1\]"):

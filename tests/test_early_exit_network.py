@@ -142,6 +142,24 @@ def test_predict_matches_one_sample_reference(confidence, setting):
     assert set(result.exit_index.tolist()) == expected
 
 
+@pytest.mark.parametrize("setting", ["spread", "mixed"])
+def test_one_sample_predict_matches_the_batch_and_restores_mixed_modes(setting):
+    net = _network()
+    x = torch.randn(30, 1, 8, 8)
+    spread = _spread_thresholds(net, x)
+    net.thresholds = spread if setting == "spread" else [1.0, spread[1]]
+    net.train()
+    net.blocks[1].eval()  # mixed modes must come back as they were
+    modes = [m.training for m in net.modules()]
+    batched = net.predict(x)
+    singles = [net.predict(x[i : i + 1]) for i in range(len(x))]
+    assert [m.training for m in net.modules()] == modes
+    assert torch.equal(torch.cat([r.predictions for r in singles]), batched.predictions)
+    assert torch.equal(torch.cat([r.exit_index for r in singles]), batched.exit_index)
+    torch.testing.assert_close(torch.cat([r.logits for r in singles]), batched.logits, rtol=1e-5, atol=1e-5)
+    assert all(r.exit_index.dtype == torch.long and r.logits.shape == (1, NUM_CLASSES) for r in singles)
+
+
 def test_later_blocks_run_only_on_undecided_samples():
     net = _network()
     x = torch.randn(40, 1, 8, 8)
