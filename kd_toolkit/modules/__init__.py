@@ -8,6 +8,7 @@ from typing import Any
 _LAZY = {
     "DistillationModule": "kd_toolkit.modules.distillation",
     "FitNetsModule": "kd_toolkit.modules.fitnets",
+    "FitNetsStageCallback": "kd_toolkit.modules.fitnets",
     "EarlyExitModule": "kd_toolkit.modules.early_exit",
 }
 __all__ = sorted(_LAZY)

@@ -103,7 +103,8 @@ class DistillationModule(_KDBaseModule):
         self.cache_teacher_outputs = bool(cache_teacher_outputs)
         self._teacher_cache: Tensor | None = None  # (N, C) logits, row i = training sample i
         self.save_hyperparameters(ignore=["student", "teacher", "criterion", "inference_pipeline", "optimizer"])
-        self.hparams["optimizer"] = self.optimizer_spec if isinstance(self.optimizer_spec, str) else type(self.optimizer_spec).__name__
+        spec = self.optimizer_spec  # a preset name, a class, or an instance: stored as a plain string
+        self.hparams["optimizer"] = spec if isinstance(spec, str) else getattr(spec, "__name__", type(spec).__name__)
 
     def default_loss_weights(self) -> dict[str, float]:
         return {"hard_loss": 0.5, "kd_loss": 0.5} if self._teacher is not None else {"hard_loss": 1.0}
@@ -121,7 +122,8 @@ class DistillationModule(_KDBaseModule):
                     "cache_teacher_outputs=True needs batches that carry sample indices; wrap the training "
                     "loader with kd_toolkit.data.with_sample_indices (the orchestrator does this for you)."
                 )
-            return self._teacher_cache[index.to(self._teacher_cache.device)].to(x.device)
+            # index_select: several times faster than advanced indexing on CPU
+            return self._teacher_cache.index_select(0, index.to(self._teacher_cache.device)).to(x.device)
         return logits_of(self.teacher_forward(x))
 
     def loss_components(self, x: Tensor, y: Tensor, index: Tensor | None) -> dict[str, Tensor]:
