@@ -13,6 +13,7 @@ _BUILTIN_INPUTS = {
     "digits_teacher": (1, 8, 8),
     "digits_student": (1, 8, 8),
     "digits_cnn_teacher": (1, 8, 8),
+    "digits_cnn_student": (1, 8, 8),
     "mnist_teacher": (1, 28, 28),
     "mnist_student_800": (1, 28, 28),
     "mnist_student_30": (1, 28, 28),
