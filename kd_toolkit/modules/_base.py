@@ -7,6 +7,7 @@ and handles optimizers, schedules, validation/test metrics and exact-resume RNG 
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any, Iterable, Mapping
 
@@ -80,6 +81,17 @@ def load_weights(model: nn.Module, path: str) -> nn.Module:
             f"count): {str(err).splitlines()[0]} ..."
         ) from err
     return model
+
+
+def _stack_values(total: Tensor, components: Mapping[str, Tensor], count: int) -> Tensor:
+    """``(total, *components)`` detached as one float32 ``(count,)`` tensor on their device."""
+    try:
+        values = torch.stack((total, *components.values())).detach().reshape(-1).float()
+    except RuntimeError:  # mixed shapes such as () and (1,)
+        values = None
+    if values is None or values.numel() != count:
+        values = torch.stack([v.detach().float().reshape(()) for v in (total, *components.values())])
+    return values
 
 
 def _check_weights(loss_weights: Mapping[str, float], allowed: Iterable[str]) -> dict[str, float]:
@@ -198,45 +210,89 @@ class _KDBaseModule(pl.LightningModule):
         """Return the named loss components for one batch (subclasses override)."""
         return {"hard_loss": self.criterion(self(x), y)}
 
+    # Lightning's `self.log(on_step=True, on_epoch=True)` costs ~0.1 ms per key per step on CPU, and progress-bar
+    # values cost a host sync per step on GPU. So the loss components are summed per epoch on the device, and
+    # `self.log` runs only on the trainer's logging steps and on the epoch's last batch, under the names forked
+    # logging produces: `<name>_step`, `<name>_epoch`, and `<name>` (the epoch mean, for callbacks such as
+    # `ModelCheckpoint(monitor="train_loss")`; mid-epoch, monitor `train_loss_step`). `train_loss` is the total.
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y, index = split_batch(batch)
         components = self.loss_components(x, y, index)
         total = sum(self.loss_weights[k] * v for k, v in components.items() if k in self.loss_weights)
-        self._guard_finite(total, components)
-        batch_size = x.shape[0]
-        self._epoch_loss_sum += total.detach() * batch_size
+        batch_size, names = x.shape[0], ("train_loss", *components)
+        values = _stack_values(total, components, len(names))  # (K,) on the loss's device: no host sync
+        acc = self._epoch_sums.get(names)  # keyed by names: a component on some steps only is averaged over those
+        if acc is None:
+            self._epoch_sums[names] = [values * batch_size, batch_size]
+        else:
+            acc[0].add_(values, alpha=batch_size)
+            acc[1] += batch_size
         self._epoch_count += batch_size
-        self.log("train_loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
-        self.log_dict({k: v.detach() for k, v in components.items()}, on_step=True, on_epoch=True, batch_size=batch_size)
+        trainer = self._trainer
+        last = trainer is not None and batch_idx + 1 >= trainer.num_training_batches
+        logging_step = last or (trainer is not None and (trainer.fast_dev_run or self._trainer_logs_this_step()))
+        if logging_step and values.device.type != "cpu":
+            values = values.cpu()  # the only host transfer: on logging steps
+        if values.device.type == "cpu" and not math.isfinite(values[0].item() if logging_step else total.item()):
+            self._raise_non_finite(values, names)  # checked every step on CPU (free), on logging steps elsewhere
+        if logging_step:
+            step_values = dict(zip(names, values.unbind()))  # 0-dim host tensors: no sync when Lightning reads them
+            kwargs: dict[str, Any] = {"on_step": True, "on_epoch": False, "batch_size": batch_size}
+            self.log("train_loss_step", step_values.pop("train_loss"), prog_bar=True, **kwargs)
+            self.log_dict({f"{k}_step": v for k, v in step_values.items()}, **kwargs)
+        if last:  # logged here, not at epoch end, so callbacks' `on_train_epoch_end` sees them (as before)
+            self._log_epoch_values()
         return total
 
-    def _guard_finite(self, total: Tensor, components: Mapping[str, Tensor]) -> None:
-        # On CPU the check is free; on accelerators it would force a host sync every step, so it runs
-        # at the logging cadence there (a non-finite loss poisons the weights, so it is still caught).
-        step = self.global_step
-        if total.device.type != "cpu" and self._trainer is not None and step % max(1, self.trainer.log_every_n_steps):
-            return
-        if not bool(torch.isfinite(total)):
-            bad = {k: float(v.detach()) for k, v in components.items() if not bool(torch.isfinite(v))}
-            raise FloatingPointError(
-                f"Non-finite training loss at epoch {self.current_epoch}, step {step}: total={float(total.detach())}, "
-                f"non-finite components={bad or 'weighted sum overflowed'}. Lower the learning rate, check the "
-                "inputs for NaN/inf, or use precision=32."
-            )
+    def _trainer_logs_this_step(self) -> bool:
+        connector = getattr(self.trainer, "_logger_connector", None)
+        if connector is not None and hasattr(type(connector), "should_update_logs"):
+            return bool(connector.should_update_logs)
+        every = self.trainer.log_every_n_steps
+        return bool(every) and (self.global_step + 1) % every == 0
+
+    def _log_epoch_values(self) -> None:
+        sums: dict[str, Tensor] = {}
+        counts: dict[str, int] = {}
+        for names, (acc, count) in self._epoch_sums.items():
+            for name, value in zip(names, acc.unbind()):
+                sums[name] = sums[name] + value if name in sums else value
+                counts[name] = counts.get(name, 0) + count
+        means = {name: sums[name] / max(1, counts[name]) for name in sums}  # this rank's, as Lightning's were
+        if means:
+            kwargs: dict[str, Any] = {"on_step": False, "on_epoch": True, "batch_size": 1}
+            self.log("train_loss_epoch", means["train_loss"], prog_bar=True, **kwargs)
+            self.log_dict({f"{k}_epoch": v for k, v in means.items() if k != "train_loss"}, **kwargs)
+            self.log_dict(means, logger=False, **kwargs)
+        self._epoch_values_logged = True
+
+    def on_train_epoch_end(self) -> None:
+        if not self._epoch_values_logged:  # the epoch ended early (max_steps, a stop) or its length is unknown
+            self._log_epoch_values()
+
+    def _raise_non_finite(self, host: Tensor, names: tuple[str, ...]) -> None:
+        listed = host.tolist()  # the step's values, total first, in `names` order
+        bad = {k: v for k, v in zip(names[1:], listed[1:]) if not math.isfinite(v)}
+        raise FloatingPointError(
+            f"Non-finite training loss at epoch {self.current_epoch}, step {self.global_step}: total={listed[0]}, "
+            f"non-finite components={bad or 'weighted sum overflowed'}. Lower the learning rate, check the "
+            "inputs for NaN/inf, or use precision=32."
+        )
 
     def reset_epoch_loss(self) -> None:
-        self._epoch_loss_sum = torch.zeros(())
+        self._epoch_sums: dict[tuple[str, ...], list[Any]] = {}  # names -> [(K,) sums of value * batch, samples]
         self._epoch_count = 0
+        self._epoch_values_logged = False
 
     def on_train_epoch_start(self) -> None:
         self.reset_epoch_loss()
-        self._epoch_loss_sum = self._epoch_loss_sum.to(self.device)
         if self._teacher is not None:
             self._teacher.eval()
 
     def epoch_loss_per_sample(self) -> float:
         """Average training loss per sample over the last epoch (summed over DDP ranks)."""
-        total = self._epoch_loss_sum.to(self.device)
+        total = sum((acc[0].to(self.device) for acc, _ in self._epoch_sums.values()),  # `train_loss` comes first
+                    torch.zeros((), device=self.device))
         count = torch.tensor(float(self._epoch_count), device=self.device)
         if self._trainer is not None and self.trainer.world_size > 1:
             total = self.trainer.strategy.reduce(total, reduce_op="sum")

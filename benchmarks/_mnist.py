@@ -1,0 +1,67 @@
+"""The MNIST recipe shared by protocols 1, 4 and 5: hyperparameters, the jittered teacher, kd_toolkit runs.
+
+Everything trains through kd_toolkit's public API (:class:`KnowledgeDistillationTraining`); teachers are
+memoised per process so that protocols 4 and 5 reuse protocol 1's teachers in a suite run.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import pytorch_lightning as pl
+from torch import nn
+from torch.utils.data import DataLoader
+
+from benchmarks._common import JitteredDataset, Split, accuracy, fit_kd_toolkit
+from kd_toolkit.data import make_loader, passthrough_collate
+from kd_toolkit.models import create_model
+
+#: One recipe for every MNIST run: Adam, per-step cosine decay to 0, batch 128, fp32.
+BATCH, LR, SCHEDULER = 128, 1e-3, "cosine_anneal"
+#: Teacher epochs in the full and quick suites (protocols 1, 4 and 5 share the teachers).
+TEACHER_EPOCHS, QUICK_TEACHER_EPOCHS = 20, 2
+#: Hinton et al. put most of the weight on the soft targets.
+KD_WEIGHTS = {"kd_loss": 0.9, "hard_loss": 0.1}
+
+_TEACHERS: dict[tuple[Any, ...], tuple[nn.Module, dict[str, Any]]] = {}
+
+
+def fit(student: nn.Module, teacher: nn.Module | None, loader: DataLoader, epochs: int, seed: int, *,
+        temperature: float = 4.0, weights: dict[str, float] | None = None, cached: bool = False,
+        callbacks: Sequence[pl.Callback] = ()) -> dict[str, Any]:
+    """:func:`benchmarks._common.fit_kd_toolkit` with this recipe."""
+    return fit_kd_toolkit(student, teacher, loader, epochs, seed, lr=LR, scheduler=SCHEDULER, temperature=temperature,
+                          weights=(weights or KD_WEIGHTS), cached=cached, callbacks=callbacks)
+
+
+def teacher_for(split: Split, seed: int, epochs: int) -> tuple[nn.Module, dict[str, Any]]:
+    """The 784-1200-1200-10 teacher (dropout, ±2-pixel jitter) for ``seed``, trained once per process.
+
+    Jitter is random augmentation, so kd_toolkit refuses to cache teacher outputs over this loader; the
+    teacher trains on labels alone, so nothing is cached here anyway.
+    """
+    key = (split.key, seed, epochs)
+    if key not in _TEACHERS:
+        start = time.perf_counter()
+        pl.seed_everything(seed, verbose=False)
+        teacher = create_model("mnist_teacher")
+        loader = DataLoader(JitteredDataset(split.x_train, split.y_train), batch_size=BATCH, shuffle=True,
+                            collate_fn=passthrough_collate)
+        clock = fit(teacher, None, loader, epochs, seed)
+        teacher.eval()
+        info = {"acc": accuracy(teacher, split.x_test, split.y_test), "epochs": epochs,
+                "epoch_s": clock["epoch_s"], "train_s": time.perf_counter() - start}
+        _TEACHERS[key] = (teacher, info)
+    return _TEACHERS[key]
+
+
+def train_student(split: Split, name: str, teacher: nn.Module | None, seed: int, epochs: int, *,
+                  temperature: float = 4.0, cached: bool = True) -> dict[str, Any]:
+    """Train a fresh ``name`` student (no regularisation, no jitter); ``teacher=None`` = plain training."""
+    pl.seed_everything(seed, verbose=False)
+    student = create_model(name)
+    loader = make_loader(split.x_train, split.y_train, BATCH, shuffle=True)
+    clock = fit(student, teacher, loader, epochs, seed, temperature=temperature, cached=cached and teacher is not None)
+    return {"acc": accuracy(student, split.x_test, split.y_test), "epoch_s": clock["epoch_s"],
+            "total_s": clock["total_s"]}
