@@ -6,7 +6,6 @@ converted to steps with the number of optimizer steps per epoch.
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any, Callable, Iterable, Literal, Union
 
@@ -148,12 +147,3 @@ def build_scheduler(
     if name == "" and warmup_steps == 0:
         return None
     return LambdaLR(optimizer, _Schedule(name, total_steps, warmup_steps, step_size, gamma))
-
-
-def accepts_kwarg(fn: Callable, name: str) -> bool:
-    """Whether ``fn`` accepts keyword ``name`` (used to pass optional arguments to user callables)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
