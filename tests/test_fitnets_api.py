@@ -24,15 +24,6 @@ SEED_DEFAULTS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tiny models run much faster on one intra-op thread, above all on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory) -> Path:
     """2 classes x 8 PNGs (32x32) per split; class 1 is brighter, so it can be learnt."""

@@ -20,15 +20,6 @@ DOWNSTREAM = ("features.5.", "features.6.", "classifier.")
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-test"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tiny models run much faster on one intra-op thread, above all on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _models(seed: int = 0) -> tuple[ThinDeepCNN, WideCNN]:
     torch.manual_seed(seed)
     return ThinDeepCNN(width=4), WideCNN(width=8)
