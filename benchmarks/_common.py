@@ -206,8 +206,15 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def interleave(arms: dict[str, Callable[[], dict[str, Any]]], repeats: int) -> dict[str, list[dict[str, Any]]]:
-    """Run each arm ``repeats`` times, alternating arms and their order (A B, B A, ...) to spread load noise."""
+def interleave(arms: dict[str, Callable[[], dict[str, Any]]], repeats: int, warmup: int = 0
+               ) -> dict[str, list[dict[str, Any]]]:
+    """Run each arm ``repeats`` times, alternating arms and their order (A B, B A, ...) to spread load noise.
+
+    ``warmup`` untimed rounds of every arm come first (lazy initialisation, allocator and cache warm-up).
+    """
+    for _ in range(warmup):
+        for arm in arms.values():
+            arm()
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in arms}
     names = list(arms)
     for r in range(repeats):

@@ -22,7 +22,7 @@ from kd_toolkit.data import make_loader
 from kd_toolkit.models import create_model
 
 NAME = "caching"
-FULL: dict[str, Any] = {"teacher_epochs": _mnist.TEACHER_EPOCHS, "epochs": 3, "repeats": 3, "n_train": None,
+FULL: dict[str, Any] = {"teacher_epochs": _mnist.TEACHER_EPOCHS, "epochs": 3, "repeats": 5, "n_train": None,
                         "temperature": 4.0}
 QUICK: dict[str, Any] = {"teacher_epochs": _mnist.QUICK_TEACHER_EPOCHS, "epochs": 2, "repeats": 1, "n_train": 2000,
                          "temperature": 4.0}
@@ -62,7 +62,7 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR, config: dict[str, Any]
     step_diff = max(abs(a - b) for a, b in zip(steps[False], steps[True]))
     step_rel = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(steps[False], steps[True]))
     runs = interleave({"live": lambda: arm(False, cfg["epochs"]), "cached": lambda: arm(True, cfg["epochs"])},
-                      cfg["repeats"])
+                      cfg["repeats"], warmup=0 if quick else 1)
     epoch_diff = max(abs(a - b) for r_l, r_c in zip(runs["live"], runs["cached"])
                      for a, b in zip(r_l["epoch_losses"], r_c["epoch_losses"]))
     speedups = [l["epoch_s"] / c["epoch_s"] for l, c in zip(runs["live"], runs["cached"])]

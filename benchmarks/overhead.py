@@ -35,8 +35,8 @@ NAME = "overhead"
 TEMPERATURE, WEIGHTS, LR, BATCH = 4.0, {"hard_loss": 0.5, "kd_loss": 0.5}, 1e-3, 128
 
 CASES: dict[str, dict[str, Any]] = {
-    "mnist_800_live": {"student": "mnist_student_800", "cached": False, "epochs": 3, "repeats": 3},
-    "tiny_30_cached": {"student": "mnist_student_30", "cached": True, "epochs": 8, "repeats": 5},
+    "mnist_800_live": {"student": "mnist_student_800", "cached": False, "epochs": 3, "repeats": 4},
+    "tiny_30_cached": {"student": "mnist_student_30", "cached": True, "epochs": 8, "repeats": 9},
 }
 QUICK = {"n_train": 2000, "epochs": 3, "repeats": 2}
 
@@ -171,7 +171,7 @@ def run_case(name: str, student_name: str, cached: bool, epochs: int, repeats: i
             "lightning": lambda: lightning_bare(copy.deepcopy(template), teacher, plain_data, epochs, cache_inputs, seed),
             "kd_toolkit": lambda: kd_toolkit_run(copy.deepcopy(template), teacher, loader, epochs, cached, seed, root),
         }
-        runs = interleave(arms, repeats)
+        runs = interleave(arms, repeats, warmup=1)
 
     steps = len(loader)
     out: dict[str, Any] = {"case": name, "student": student_name, "teacher": "mnist_teacher (random init, eval)",

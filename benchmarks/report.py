@@ -236,11 +236,12 @@ in the tables is written by the scripts (`benchmarks/results/*.json` hold the ra
 typed in. Accuracies are test accuracies **after the last epoch** (no early stopping, no model selection on
 the test set), mean ± std over seeds. Times are wall-clock seconds per *steady-state* epoch (the median gap
 between consecutive epoch ends, so start-up and cache building are excluded) with one torch thread; arms of a
-timing comparison alternate (A B, B A, ...) and medians are reported, with process CPU time beside the wall
-time because the machine is shared.
+timing comparison alternate (A B, B A, ...) after an untimed warm-up round, and medians are reported, with
+process CPU time beside the wall time because the machine is shared; on it, repeated suite runs move the
+ratios of the millisecond-step case noticeably (every repeat is in `ratio_all` in the JSON).
 
 ```
-python -m benchmarks --suite quick   # smoke run of every protocol, < 3 min; writes results/quick.md
+python -m benchmarks --suite quick   # smoke run of every protocol, < 3 min; writes results/quick/
 python -m benchmarks --suite full    # the figures below, < 30 min; rewrites this block
 make bench                           # = the quick suite (make bench-full: the full suite)
 ```
