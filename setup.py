@@ -33,7 +33,7 @@ setup(
         "pyyaml",
     ],
     extras_require={
-        "dev": ["pytest>=7", "pytest-timeout", "onnx", "onnxscript", "onnxruntime"],
+        "dev": ["pytest>=7", "pytest-timeout", "onnx", "onnxscript", "onnxruntime", "ruff", "mypy"],
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
     },
     entry_points={"console_scripts": ["kd-toolkit=kd_toolkit.cli:main"]},

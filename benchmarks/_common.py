@@ -11,10 +11,11 @@ import platform
 import statistics
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -269,7 +270,7 @@ def machine_info() -> dict[str, Any]:
         import torchdistill
 
         versions["torchdistill"] = torchdistill.__version__
-    except Exception:  # noqa: BLE001 - optional peer
+    except Exception:
         versions["torchdistill"] = None
     import kd_toolkit
 

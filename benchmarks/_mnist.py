@@ -7,7 +7,8 @@ memoised per process so that protocols 4 and 5 reuse protocol 1's teachers in a 
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 from torch import nn

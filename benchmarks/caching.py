@@ -65,9 +65,9 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR, config: dict[str, Any]
                       cfg["repeats"], warmup=0 if quick else 1)
     epoch_diff = max(abs(a - b) for r_l, r_c in zip(runs["live"], runs["cached"])
                      for a, b in zip(r_l["epoch_losses"], r_c["epoch_losses"]))
-    speedups = [l["epoch_s"] / c["epoch_s"] for l, c in zip(runs["live"], runs["cached"])]
-    cpu_speedups = [l["cpu_epoch_s"] / c["cpu_epoch_s"] for l, c in zip(runs["live"], runs["cached"])]
-    total_speedups = [l["total_s"] / c["total_s"] for l, c in zip(runs["live"], runs["cached"])]
+    speedups = [lv["epoch_s"] / c["epoch_s"] for lv, c in zip(runs["live"], runs["cached"])]
+    cpu_speedups = [lv["cpu_epoch_s"] / c["cpu_epoch_s"] for lv, c in zip(runs["live"], runs["cached"])]
+    total_speedups = [lv["total_s"] / c["total_s"] for lv, c in zip(runs["live"], runs["cached"])]
     s_flops, t_flops = mlp_forward_flops(template), mlp_forward_flops(teacher)
     data = {
         "protocol": NAME, "quick": quick, "config": cfg, "student": STUDENT, "teacher_acc": teacher_info["acc"],

@@ -28,8 +28,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 if __package__ in (None, ""):  # run as a file: make `benchmarks` and `kd_toolkit` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -82,8 +82,9 @@ def _fit(module: Any, data: dict[str, torch.Tensor], epochs: int, seed: int, cac
 
 def _module(arm: str, teacher: torch.nn.Module | None, hint_epochs: int) -> Any:
     import pytorch_lightning as pl  # noqa: F401  (imported for its side effects on warnings filters)
+
+    from kd_toolkit.distillation import DistillationModule
     from kd_toolkit.fitnets_models import ThinDeepCNN
-    from kd_toolkit.modules.distillation import DistillationModule
     from kd_toolkit.modules.fitnets import FitNetsModule
 
     h = HPARAMS
@@ -136,8 +137,8 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR, *, threads: int = 1, *
         return {"skipped": message}
     import pytorch_lightning as pl
 
+    from kd_toolkit.distillation import DistillationModule
     from kd_toolkit.fitnets_models import WideCNN
-    from kd_toolkit.modules.distillation import DistillationModule
 
     settings = {**(QUICK if quick else FULL), **overrides}
     previous_threads = torch.get_num_threads()

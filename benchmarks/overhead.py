@@ -17,16 +17,25 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmarks._common import (RESULTS_DIR, EpochClock, StepLosses, interleave, median,
-                                mnist_split, quiet_trainer_kwargs, write_json)
+from benchmarks._common import (
+    RESULTS_DIR,
+    EpochClock,
+    StepLosses,
+    interleave,
+    median,
+    mnist_split,
+    quiet_trainer_kwargs,
+    write_json,
+)
 from kd_toolkit import KnowledgeDistillationTraining
 from kd_toolkit.data import make_loader, with_sample_indices
 from kd_toolkit.models import create_model

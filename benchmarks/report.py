@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 START, END = "<!-- kd-bench:start -->", "<!-- kd-bench:end -->"
 STUDENT_LABELS = {"mnist_student_800": "784-800-800-10", "mnist_student_30": "784-30-30-10"}
@@ -61,7 +62,7 @@ def hinton_table(r: dict[str, Any]) -> str:
         acc = [_pct(arms["plain"]["acc"])] + [_pct(arms[f"kd_T{x:g}"]["acc"]) for x in temps]
         gap = ["—"] + [_share(arms[f"kd_T{x:g}"].get("gap_closed")) for x in temps]
         lines.append(f"| {label} | {s['epochs']} | accuracy | " + " | ".join(acc) + " |")
-        lines.append(f"| | | gap closed | " + " | ".join(gap) + " |")
+        lines.append("| | | gap closed | " + " | ".join(gap) + " |")
     p = r["paper"]
     best = "; ".join(f"{STUDENT_LABELS.get(n, n)}: {_temp(s['best_temperature'])} closes "
                      f"{_share(s['gap_closed_at_best'])}" for n, s in r["students"].items())

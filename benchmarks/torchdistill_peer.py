@@ -24,8 +24,17 @@ from torch import nn
 from torch.utils.data import RandomSampler
 
 from benchmarks import _mnist
-from benchmarks._common import (RESULTS_DIR, BenchmarkSkipped, EpochClock, Split, accuracy, mean_std, median,
-                                mnist_split, write_json)
+from benchmarks._common import (
+    RESULTS_DIR,
+    BenchmarkSkipped,
+    EpochClock,
+    Split,
+    accuracy,
+    mean_std,
+    median,
+    mnist_split,
+    write_json,
+)
 from kd_toolkit.data import TensorBatchDataset, passthrough_collate
 from kd_toolkit.models import create_model
 
@@ -43,7 +52,7 @@ def _import_torchdistill() -> Any:
         import torchdistill
         from torchdistill.core.distillation import get_distillation_box
         from torchdistill.datasets.registry import COLLATE_FUNC_DICT, register_collate_func
-    except Exception as err:  # noqa: BLE001 - any import failure means "cannot compare here"
+    except Exception as err:
         raise BenchmarkSkipped(f"torchdistill cannot be imported ({type(err).__name__}: {err}); "
                                "install it with `pip install torchdistill` to run protocol 5.") from err
     if _COLLATE_KEY not in COLLATE_FUNC_DICT:

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from kd_toolkit import KnowledgeDistillationTraining
 from kd_toolkit.calibration import calibrate_thresholds

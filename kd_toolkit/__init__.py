@@ -15,7 +15,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "DistillationModule": "kd_toolkit.modules.distillation",
+    "DistillationModule": "kd_toolkit.distillation.module",
     "FitNetsModule": "kd_toolkit.modules.fitnets",
     "EarlyExitModule": "kd_toolkit.modules.early_exit",
     "KnowledgeDistillationTraining": "kd_toolkit.training",

@@ -59,7 +59,8 @@ def image_folder_loaders(data_dir: str | os.PathLike, image_size: int, in_channe
     colour jitter, as the seed lists them. Images are converted to ``in_channels`` (1: grayscale) and normalised
     (ImageNet statistics for RGB, 0.5/0.5 for grayscale).
     """
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
 
     root = Path(data_dir)
     if not root.is_dir():
@@ -98,7 +99,7 @@ def _read_checkpoint(path: str | os.PathLike, what: str) -> Any:
         raise FileNotFoundError(f"Expected `{what}` to be an existing checkpoint file, but {str(path)!r} does not exist.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure means the file is unusable
+    except Exception as err:
         raise ValueError(f"Could not read {str(path)!r} safely (weights_only=True): {type(err).__name__}: {err}"[:600]) from err
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -127,7 +128,7 @@ def check_resume_path(path: Any) -> str | None:
         raise FileNotFoundError(f"Expected `resume_from_checkpoint` to be an existing checkpoint file, but {str(path)!r} does not exist.")
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure means the file is unusable
+    except Exception as err:
         raise ValueError(
             f"Checkpoint {str(path)!r} is corrupt or not a PyTorch checkpoint ({type(err).__name__}: {err})."[:600]
         ) from err

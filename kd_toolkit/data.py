@@ -9,7 +9,7 @@ stratified and random with a fixed ``seed``; shuffling uses torch's global RNG (
 from __future__ import annotations
 
 import gzip
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +17,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from kd_toolkit.distillation.cache import IndexedDataset, find_random_transform, with_sample_indices
 
 __all__ = [
     "ArrayDataModule",
@@ -38,10 +40,6 @@ _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-_RANDOM_TRANSFORMS = frozenset(
-    {"ColorJitter", "AutoAugment", "RandAugment", "TrivialAugmentWide", "AugMix", "ElasticTransform",
-     "GaussianBlur", "GaussianNoise", "ScaleJitter", "MixUp", "CutMix"}
-)
 
 
 # ----------------------------------------------------------------------------------------- MNIST IDX
@@ -252,150 +250,6 @@ def make_loader(
         num_workers=num_workers, collate_fn=passthrough_collate, pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
     )
-
-
-# --------------------------------------------------------------------------------- sample indices
-class IndexedDataset(Dataset):
-    """Wraps a map-style dataset so that item ``i`` is ``(dataset[i], i)``.
-
-    Batched fetches are forwarded to the wrapped dataset's ``__getitems__`` when it has one. A list
-    result (torch's convention: one entry per sample) becomes ``[(sample, i), ...]``, which any
-    collate handles; an already-batched result (e.g. :class:`TensorBatchDataset`) becomes
-    ``(batch, LongTensor indices)`` for the collate of :func:`with_sample_indices`.
-
-    Example:
-        >>> ds = IndexedDataset(TensorBatchDataset(torch.zeros(4, 2), torch.arange(4)))
-        >>> ds[3][1]
-        3
-    """
-
-    def __init__(self, dataset: Dataset) -> None:
-        if isinstance(dataset, IterableDataset):
-            raise ValueError("Expected `dataset` to be a map-style dataset, but got an IterableDataset.")
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        return self.dataset[index], index
-
-    def __getitems__(self, indices: Sequence[int]) -> _IndexedBatch | list[tuple[Any, int]]:
-        batched = getattr(self.dataset, "__getitems__", None)
-        samples = batched(list(indices)) if callable(batched) else [self.dataset[i] for i in indices]
-        if isinstance(samples, list):  # one entry per sample
-            return list(zip(samples, indices))
-        return _IndexedBatch((samples, torch.as_tensor(indices, dtype=torch.long)))
-
-
-class _IndexedBatch(tuple):
-    """``(samples_as_the_wrapped_dataset_returns_them, LongTensor (B,))``."""
-
-
-class _IndexedCollate:
-    """Picklable collate: ``(collate_fn(samples), LongTensor indices)``."""
-
-    def __init__(self, collate_fn: Callable[[Any], Any]) -> None:
-        self.collate_fn = collate_fn
-
-    def __call__(self, batch: Any) -> tuple[Any, Tensor]:
-        if isinstance(batch, _IndexedBatch):  # (already-batched samples, (B,) indices)
-            samples, indices = batch
-            return self.collate_fn(samples), indices
-        if isinstance(batch, list):  # [(sample, index), ...] from a per-sample fetch
-            samples = [sample for sample, _ in batch]
-            return self.collate_fn(samples), torch.as_tensor([i for _, i in batch], dtype=torch.long)
-        sample, index = batch  # batch_size=None: one (sample, index) pair
-        return self.collate_fn(sample), torch.as_tensor(index, dtype=torch.long)
-
-
-def with_sample_indices(loader: DataLoader) -> DataLoader:
-    """A copy of ``loader`` whose batches are ``(original_batch, LongTensor indices)``.
-
-    Keeps the loader's sampling (shuffling, batch size, ``drop_last`` or a custom batch sampler),
-    workers and collate function. Used to cache teacher outputs by sample index.
-
-    Example:
-        >>> loader = make_loader(torch.randn(6, 2), torch.arange(6), batch_size=4, shuffle=True)
-        >>> (xb, yb), idx = next(iter(with_sample_indices(loader)))
-        >>> bool((yb == idx).all())
-        True
-    """
-    if not isinstance(loader, DataLoader):
-        raise ValueError(f"Expected `loader` to be a torch DataLoader, but got {type(loader).__name__}.")
-    if isinstance(loader.dataset, IterableDataset):
-        raise ValueError("Expected a loader over a map-style dataset, but got an IterableDataset: sample "
-                         "indices are undefined for it. Use a map-style dataset to cache teacher outputs.")
-    if loader.batch_size is not None:
-        sampling: dict[str, Any] = {"batch_size": loader.batch_size, "sampler": loader.sampler,
-                                    "drop_last": loader.drop_last}
-    elif loader.batch_sampler is not None:
-        sampling = {"batch_sampler": loader.batch_sampler}
-    else:
-        sampling = {"batch_size": None, "sampler": loader.sampler}
-    workers: dict[str, Any] = {k: getattr(loader, k) for k in ("pin_memory_device", "in_order") if hasattr(loader, k)}
-    if loader.num_workers > 0:
-        workers |= {"prefetch_factor": loader.prefetch_factor, "persistent_workers": loader.persistent_workers,
-                   "multiprocessing_context": loader.multiprocessing_context}
-    return DataLoader(
-        IndexedDataset(loader.dataset), **sampling, num_workers=loader.num_workers,
-        collate_fn=_IndexedCollate(loader.collate_fn),
-        pin_memory=loader.pin_memory, timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
-        generator=loader.generator, **workers,
-    )
-
-
-# ------------------------------------------------------------------------------------- augmentation
-def _is_random_transform(obj: Any) -> bool:
-    name = type(obj).__name__
-    return name.startswith("Random") or name in _RANDOM_TRANSFORMS
-
-
-def _search_transform(obj: Any, seen: set[int]) -> str | None:
-    if obj is None or id(obj) in seen or isinstance(obj, (str, bytes, Tensor, np.ndarray)):
-        return None
-    seen.add(id(obj))
-    if isinstance(obj, (list, tuple)):
-        children: list[Any] = list(obj)
-    else:
-        children = [getattr(obj, a, None) for a in ("transforms", "transform", "target_transform")]
-        if isinstance(obj, torch.nn.Sequential):
-            children += list(obj)
-    for child in children:  # inner transforms first, e.g. RandomApply([ColorJitter()]) -> "ColorJitter"
-        found = _search_transform(child, seen)
-        if found is not None:
-            return found
-    return type(obj).__name__ if _is_random_transform(obj) else None
-
-
-def find_random_transform(dataset: Any) -> str | None:
-    """Class name of the first random augmentation applied by ``dataset``, or ``None``.
-
-    Looks at ``.transform``, ``.transforms`` and ``.target_transform`` (through ``Compose``,
-    ``RandomApply``/``RandomChoice``/``RandomOrder`` and torchvision ``v2``), and through wrappers
-    (``Subset.dataset``, ``ConcatDataset.datasets``, :class:`IndexedDataset`, any ``.dataset``).
-    Cached teacher outputs are only valid when this returns ``None``.
-
-    Example:
-        >>> from torchvision import transforms as T
-        >>> class Images(TensorBatchDataset):
-        ...     transform = T.Compose([T.ToTensor(), T.RandomCrop(8, padding=1)])
-        >>> find_random_transform(Images(torch.zeros(2, 8, 8), torch.zeros(2)))
-        'RandomCrop'
-    """
-    pending, seen_datasets, seen_transforms = [dataset], set(), set()
-    while pending:
-        ds = pending.pop(0)
-        if ds is None or id(ds) in seen_datasets:
-            continue
-        seen_datasets.add(id(ds))
-        for attr in ("transform", "transforms", "target_transform"):
-            found = _search_transform(getattr(ds, attr, None), seen_transforms)
-            if found is not None:
-                return found
-        pending.append(getattr(ds, "dataset", None))
-        pending.extend(getattr(ds, "datasets", None) or [])
-    return None
 
 
 # ------------------------------------------------------------------------------------- DataModules

@@ -28,14 +28,23 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from kd_toolkit._fitnets_io import (ARCH_BY_CLASS, SeedOutputs, hardware_kwargs, image_folder_loaders,
-                                    load_teacher_model, loader_length, primitive_config, resume_checkpoint, save_json,
-                                    visualize_feature_maps)
+from kd_toolkit._fitnets_io import (
+    ARCH_BY_CLASS,
+    SeedOutputs,
+    hardware_kwargs,
+    image_folder_loaders,
+    load_teacher_model,
+    loader_length,
+    primitive_config,
+    resume_checkpoint,
+    save_json,
+    visualize_feature_maps,
+)
 from kd_toolkit.adapters import build_hint_regressors
+from kd_toolkit.core.batch import logits_of, split_batch
+from kd_toolkit.distillation.module import DistillationModule
 from kd_toolkit.fitnets_models import DEFAULT_HINT_LAYERS, FITNETS_MODELS, create_fitnets_model, default_hint_layers
 from kd_toolkit.losses import kd_loss
-from kd_toolkit.modules._base import logits_of, split_batch
-from kd_toolkit.modules.distillation import DistillationModule
 from kd_toolkit.modules.fitnets import FitNetsModule, _hint_components, _tapped_forward
 
 __all__ = [
@@ -288,7 +297,7 @@ def _module(cfg: dict[str, Any], student: nn.Module, teacher: nn.Module | None, 
 
 
 # --------------------------------------------------------------------------------------- seed utilities
-_REGRESSORS: "weakref.WeakKeyDictionary[nn.Module, tuple[int, dict[str, str], nn.ModuleDict]]" = weakref.WeakKeyDictionary()
+_REGRESSORS: weakref.WeakKeyDictionary[nn.Module, tuple[int, dict[str, str], nn.ModuleDict]] = weakref.WeakKeyDictionary()
 
 
 def _regressors_for(student: nn.Module, teacher: nn.Module, x: Tensor, config: Mapping[str, Any]) -> tuple[dict[str, str], nn.ModuleDict]:

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -284,7 +285,7 @@ def train_students(distill: DistillationData, split: SplitData, cfg: PipelineCon
 # --------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def _predict(model: nn.Module, loader: DataLoader) -> tuple[Tensor, Tensor]:
-    from kd_toolkit.modules._base import logits_of, split_batch
+    from kd_toolkit.core.batch import logits_of, split_batch
 
     model.eval()
     device = next(model.parameters()).device

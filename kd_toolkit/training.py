@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
@@ -13,8 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kd_toolkit import _trainer_args as targs
-from kd_toolkit.modules._base import _KDBaseModule
-from kd_toolkit.modules.distillation import DistillationModule
+from kd_toolkit.core.module import KDBaseModule
+from kd_toolkit.distillation.module import DistillationModule
 
 __all__ = ["KnowledgeDistillationTraining"]
 
@@ -241,7 +242,7 @@ class KnowledgeDistillationTraining:
         if checkpointing:
             self.checkpoint_callback = ModelCheckpoint(
                 monitor=monitor, mode=monitor_mode, save_last=True, save_top_k=1,
-                filename="best-{epoch:03d}-{%s:.4f}" % monitor, auto_insert_metric_name=False,
+                filename="best-{epoch:03d}-{" + monitor + ":.4f}", auto_insert_metric_name=False,
             )
             all_callbacks.append(self.checkpoint_callback)
         if self.loggers and _has_scheduler(scheduler_method, module):
@@ -258,7 +259,7 @@ class KnowledgeDistillationTraining:
             )
 
     # --------------------------------------------------------------------------------- running
-    def fit(self) -> "KnowledgeDistillationTraining":
+    def fit(self) -> KnowledgeDistillationTraining:
         """Train (resuming from ``resume_from_checkpoint`` when given)."""
         with quiet_lightning(self.quiet):
             if self.datamodule is not None:
@@ -326,6 +327,6 @@ def _overrides(datamodule: pl.LightningDataModule, name: str) -> bool:
 
 
 def _has_scheduler(scheduler_method: str, module: pl.LightningModule) -> bool:
-    if isinstance(module, _KDBaseModule):
-        return bool(module.scheduler_name) or bool(module.warmup_epochs or module.warmup_steps)
+    if isinstance(module, KDBaseModule):
+        return module.optim_settings.has_schedule
     return bool(scheduler_method)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from kd_toolkit import DistillationModule, KnowledgeDistillationTraining
 from kd_toolkit.data import with_sample_indices

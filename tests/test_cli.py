@@ -134,7 +134,7 @@ def test_fit_saves_the_resolved_config_beside_the_run(tmp_path, monkeypatch):
           f"--trainer.logger.init_args.save_dir={tmp_path}"])
     run = tmp_path / "teacher_digits" / "version_0"
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["model"]["class_path"] == "kd_toolkit.modules.distillation.DistillationModule"
+    assert saved["model"]["class_path"] == "kd_toolkit.distillation.DistillationModule"
     assert saved["trainer"]["max_epochs"] == 1
     assert (run / "metrics.csv").is_file()
     checkpoint = next((run / "checkpoints").glob("best-*.ckpt"))

@@ -8,14 +8,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import (BatchSampler, ConcatDataset, DataLoader, DistributedSampler, IterableDataset,
-                              RandomSampler, SequentialSampler, Subset, TensorDataset)
+from torch.utils.data import (
+    BatchSampler,
+    ConcatDataset,
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+    TensorDataset,
+)
 from torchvision import transforms as T
 from torchvision.transforms import v2
 
-from kd_toolkit.data import (ArrayDataModule, DigitsDataModule, IndexedDataset, MNISTDataModule, TensorBatchDataset,
-                             find_random_transform, load_mnist_idx, make_loader, passthrough_collate,
-                             stratified_split, with_sample_indices)
+from kd_toolkit.data import (
+    ArrayDataModule,
+    DigitsDataModule,
+    IndexedDataset,
+    MNISTDataModule,
+    TensorBatchDataset,
+    find_random_transform,
+    load_mnist_idx,
+    make_loader,
+    passthrough_collate,
+    stratified_split,
+    with_sample_indices,
+)
 
 MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-test"
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -171,7 +190,7 @@ def test_make_loader_survives_lightning_distributed_sampler():
             seen += yb.tolist()
     assert sorted(set(seen)) == list(range(50)) and len(seen) == 50
     indexed = _update_dataloader(with_sample_indices(loader), sampler=DistributedSampler(loader.dataset, 2, 1))
-    for (xb, yb), idx in indexed:
+    for (_xb, yb), idx in indexed:
         assert torch.equal(yb, idx) and len(idx) <= 8
 
 

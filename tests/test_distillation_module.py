@@ -7,7 +7,6 @@ import copy
 import pytest
 import pytorch_lightning as pl
 import torch
-from torch import nn
 
 from kd_toolkit import DistillationModule
 from kd_toolkit.losses import kd_loss

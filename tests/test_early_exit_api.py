@@ -54,8 +54,8 @@ def _network_of(model, networks) -> EarlyExitNetwork:
 
 
 def test_seed_000_call_form_from_both_import_paths(loaders, digits):
-    from knowledge_distilation import knowledge_distillation_train
     from kd_toolkit import knowledge_distillation_train as same
+    from knowledge_distilation import knowledge_distillation_train
 
     assert knowledge_distillation_train is same
     torch.manual_seed(0)

@@ -11,9 +11,18 @@ import torch
 from PIL import Image
 
 from kd_toolkit.data import make_loader
-from kd_toolkit.fitnets_api import (DEFAULT_CONFIG, compute_fitnets_loss, create_fitnets_config,
-                                    extract_student_features, extract_teacher_features, load_teacher_model, train_epoch,
-                                    train_fitnets, validate, visualize_feature_maps)
+from kd_toolkit.fitnets_api import (
+    DEFAULT_CONFIG,
+    compute_fitnets_loss,
+    create_fitnets_config,
+    extract_student_features,
+    extract_teacher_features,
+    load_teacher_model,
+    train_epoch,
+    train_fitnets,
+    validate,
+    visualize_feature_maps,
+)
 from kd_toolkit.fitnets_models import ThinDeepCNN, WideCNN
 
 SEED_DEFAULTS = {

@@ -27,7 +27,7 @@ from kd_toolkit.taps import FeatureTaps, feature_shapes
 _NAMES = ["ResNet18", "ResNet50", "MultiBranchNet", "ThinDeepCNN", "WideCNN"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached(name: str, in_channels: int) -> nn.Module:
     """One eval-mode instance per (name, in_channels) for read-only tests (ResNet-50 is slow to build)."""
     torch.manual_seed(0)

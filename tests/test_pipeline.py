@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from kd_toolkit._io import load_weights
 from kd_toolkit.cli import main
 from kd_toolkit.models import create_model
-from kd_toolkit.modules._base import load_weights
 from kd_toolkit.pipeline import (
     DEFAULTS,
     evaluate_all_models,

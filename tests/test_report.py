@@ -43,8 +43,8 @@ def _history(epochs: int = 3, kd: bool = False) -> list[dict]:
 
 
 def _summary() -> dict:
-    models = {k: {"params": p, "test_accuracy": a, "test_loss": l, "train_time_s": t}
-              for k, p, a, l, t in zip(KEYS, (53002, 1210, 1210), (0.985, 0.95, 0.962), (0.05, 0.2, 0.15), (3, 2, 2.5))}
+    models = {k: {"params": p, "test_accuracy": a, "test_loss": loss, "train_time_s": t}
+              for k, p, a, loss, t in zip(KEYS, (53002, 1210, 1210), (0.985, 0.95, 0.962), (0.05, 0.2, 0.15), (3, 2, 2.5))}
     return {"config": {"data": "digits", "temperature": 4.0}, "models": models, "splits": {"train": 10, "test": 5},
             "total_time_s": 12.0, "files": {"plots": {"accuracy_comparison": "results/plots/accuracy_comparison.png"}}}
 

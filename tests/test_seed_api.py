@@ -12,8 +12,8 @@ from tests.conftest import TinyMLP
 
 
 def test_seed_001_call_form_from_both_import_paths(loaders, trained_teacher):
-    from knowledge_distilation import knowledge_distillation_train
     from kd_toolkit import knowledge_distillation_train as same
+    from knowledge_distilation import knowledge_distillation_train
 
     assert knowledge_distillation_train is same
     teacher_model = trained_teacher

@@ -81,7 +81,7 @@ def no_comet_server(monkeypatch: pytest.MonkeyPatch) -> None:
 class _FakeCometApi(BaseHTTPRequestHandler):
     """Answers Comet's account-details call: 200 for GOOD_KEY, 401 for any other key."""
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         accepted = self.path.endswith("/api/rest/v2/account-details") and self.headers["Authorization"] == GOOD_KEY
         self.send_response(200 if accepted else 401)
         self.end_headers()

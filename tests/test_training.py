@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import warnings
 
@@ -50,7 +49,7 @@ def test_seed_002_call_form(tmp_path, loaders, trained_teacher):
 
 def test_modern_arguments_with_datamodule_and_tensorboard(tmp_path):
     from kd_toolkit.data import DigitsDataModule
-    from kd_toolkit.modules import DistillationModule
+    from kd_toolkit.distillation import DistillationModule
 
     kd = KnowledgeDistillationTraining(
         module=DistillationModule(TinyMLP(), None), datamodule=DigitsDataModule(batch_size=128), devices=1,
@@ -193,7 +192,7 @@ def test_corrupt_checkpoint_is_rejected(tmp_path, loaders):
 
 
 def test_module_and_student_together_is_an_error(tmp_path, loaders):
-    from kd_toolkit.modules import DistillationModule
+    from kd_toolkit.distillation import DistillationModule
 
     with pytest.raises(ValueError, match="either `module=`"):
         KnowledgeDistillationTraining(student_model=TinyMLP(), module=DistillationModule(TinyMLP()),

@@ -6,7 +6,7 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "DistillationModule": "kd_toolkit.modules.distillation",
+    "DistillationModule": "kd_toolkit.distillation.module",
     "FitNetsModule": "kd_toolkit.modules.fitnets",
     "FitNetsStageCallback": "kd_toolkit.modules.fitnets",
     "EarlyExitModule": "kd_toolkit.modules.early_exit",

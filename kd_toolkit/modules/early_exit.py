@@ -16,9 +16,10 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from kd_toolkit.core.batch import split_batch
+from kd_toolkit.core.module import KDBaseModule as _KDBaseModule
 from kd_toolkit.early_exit import EarlyExitNetwork, EarlyExitPrediction, _exit_costs, _mac_parts
 from kd_toolkit.losses import kd_loss, multi_exit_loss
-from kd_toolkit.modules._base import _KDBaseModule, split_batch
 
 __all__ = ["EarlyExitModule", "SplitCNN"]
 

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Literal, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -12,10 +13,9 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from kd_toolkit.adapters import build_hint_regressors, hint_key
+from kd_toolkit.core.batch import logits_of
+from kd_toolkit.distillation.module import DistillationModule
 from kd_toolkit.losses import hint_loss, kd_loss
-from kd_toolkit.modules._base import logits_of
-from kd_toolkit.modules.distillation import DistillationModule
-from kd_toolkit.optim import build_optimizer, build_scheduler
 from kd_toolkit.taps import FeatureTaps
 
 __all__ = ["FitNetsModule", "FitNetsStageCallback"]
@@ -289,7 +289,7 @@ class FitNetsModule(DistillationModule):
         self._joint_weights = dict(value)
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        return [FitNetsStageCallback()] if self.stage == "two_stage" else []
+        return [*super().configure_callbacks(), *([FitNetsStageCallback()] if self.stage == "two_stage" else [])]
 
     # ----------------------------------------------------------------------------- losses
     def teacher_features(self, x: Tensor, *, logits: bool = True) -> tuple[dict[str, Tensor], Tensor | None]:
@@ -319,31 +319,7 @@ class FitNetsModule(DistillationModule):
             if want_kd:
                 components["kd_loss"] = kd_loss(s_logits, t_logits.to(s_logits.dtype), self.temperature)
             components.update(_hint_components(self.regressors, self.hint_layers, s_feats, t_feats))
-        self._accumulate(components, x.shape[0])
         return components
-
-    # ----------------------------------------------------------------------------- epoch means
-    def reset_epoch_loss(self) -> None:
-        super().reset_epoch_loss()
-        self._component_sums: dict[str, Tensor] = {}
-
-    def _accumulate(self, components: Mapping[str, Tensor], batch_size: int) -> None:
-        for key, value in components.items():
-            previous = self._component_sums.get(key)
-            value = value.detach().float() * batch_size
-            self._component_sums[key] = value if previous is None else previous + value
-
-    def epoch_component_means(self) -> dict[str, float]:
-        """Per-sample mean of every loss component over the current/last training epoch (DDP-summed)."""
-        if not self._component_sums:
-            return {}
-        keys = sorted(self._component_sums)
-        sums = torch.stack([self._component_sums[k].to(self.device) for k in keys])  # (K,)
-        count = torch.tensor(float(self._epoch_count), device=self.device)
-        if self._trainer is not None and self.trainer.world_size > 1:
-            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
-            count = self.trainer.strategy.reduce(count, reduce_op="sum")
-        return dict(zip(keys, (sums / count.clamp_min(1)).tolist()))
 
     # ----------------------------------------------------------------------------- optimizers
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -357,20 +333,11 @@ class FitNetsModule(DistillationModule):
             student = super().trainable_parameters()
         return student + [p for p in self.regressors.parameters() if p.requires_grad]
 
-    def configure_optimizers(self) -> Any:
-        optimizer = build_optimizer(self.optimizer_spec, self.trainable_parameters(), self.lr, **self.optimizer_kwargs)
+    def schedule_steps(self, steps_per_epoch: int, total_steps: int) -> int:
+        """Each phase's schedule spans that phase: ``hint_epochs`` for stage 1, the rest for stage 2."""
         max_epochs = max(1, self.trainer.max_epochs or 1)
-        per_epoch = max(1, int(self.trainer.estimated_stepping_batches) // max_epochs)
         epochs = {"hint": self.hint_epochs, "kd": max(1, max_epochs - self.hint_epochs)}.get(self.phase, max_epochs)
-        warmup = self.warmup_steps or self.warmup_epochs * per_epoch
-        kwargs = dict(self.scheduler_kwargs)
-        if "step_size_epochs" in kwargs:  # StepLR given in epochs, as the FitNets seed does
-            kwargs["step_size"] = kwargs.pop("step_size_epochs") * per_epoch
-        scheduler = build_scheduler(self.scheduler_name, optimizer, total_steps=per_epoch * epochs,
-                                    warmup_steps=warmup, **kwargs)
-        if scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return steps_per_epoch * epochs
 
 
 class FitNetsStageCallback(pl.Callback):

@@ -1,0 +1,306 @@
+"""The base LightningModule every kd_toolkit method builds on.
+
+It holds what the methods share, each in one place: the frozen teacher, the loss-weight dict, the
+optimizer and schedule (:class:`~kd_toolkit.optim.OptimizerSettings`), per-epoch loss sums and the logging
+cadence (:class:`~kd_toolkit.core.losslog.EpochLosses`), per-loader metrics, the non-finite-loss guard,
+and exact resume (:class:`~kd_toolkit.core.resume.RNGStateCallback`). A method implements
+:meth:`KDBaseModule.loss_components`, returning named loss tensors.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import grad_norm
+from torch import Tensor, nn
+from typing_extensions import Unpack
+
+from kd_toolkit._checks import check_float, check_module, close_matches, expected, is_real
+from kd_toolkit._io import load_weights
+from kd_toolkit.core.batch import logits_of, split_batch
+from kd_toolkit.core.evaluation import EvaluationMixin
+from kd_toolkit.core.losslog import EpochLosses, is_logging_step
+from kd_toolkit.core.resume import RNGStateCallback
+from kd_toolkit.optim import OptimizerArgs, OptimizerSettings, optimizer_name
+
+__all__ = ["KDBaseModule", "ModuleArgs", "check_loss_weights", "freeze_teacher"]
+
+
+class ModuleArgs(OptimizerArgs, total=False):
+    """Keyword arguments every kd_toolkit LightningModule accepts (with those of :class:`OptimizerArgs`).
+
+    Args:
+        criterion: Hard-label loss module on logits (default ``nn.CrossEntropyLoss()``).
+        inference_pipeline: Object with ``run_inference_pipeline(model, loader) -> {"inference_result": x}``,
+            used instead of accuracy for validation/test and logged under each loader's name (seed 002).
+        teacher_checkpoint: Weights to load into the teacher (a state dict, or a checkpoint of a teacher
+            trained with kd_toolkit); lets YAML configs name a pretrained teacher.
+    """
+
+    criterion: nn.Module | None
+    inference_pipeline: Any
+    teacher_checkpoint: str | None
+
+
+_MODULE_KEYS = ("criterion", "inference_pipeline", "teacher_checkpoint")
+
+
+def freeze_teacher(teacher: nn.Module) -> nn.Module:
+    """The one freezing path: no gradients, eval mode (the module keeps it out of its children, so it is never
+    in an optimizer, a checkpoint of the student or a DDP wrapper)."""
+    return teacher.requires_grad_(False).eval()
+
+
+def check_loss_weights(loss_weights: Any, allowed: Iterable[str]) -> dict[str, float]:
+    """Validate a loss-weight dict: known keys, finite weights ``>= 0``, a positive sum."""
+    allowed = tuple(allowed)
+    if not isinstance(loss_weights, Mapping) or not loss_weights:
+        raise expected("loss_weights", f"a non-empty dict with keys from {list(allowed)}", loss_weights)
+    out: dict[str, float] = {}
+    for key, value in loss_weights.items():
+        if key not in allowed:
+            hint = close_matches(str(key), allowed)
+            raise ValueError(f"Unknown loss-weight key {key!r} in `loss_weights`: expected keys from {list(allowed)}."
+                             + (f" Did you mean {hint[0]!r}?" if hint else ""))
+        if not is_real(value) or value < 0:
+            raise ValueError(f"Expected loss weight `{key}` to be a finite number >= 0, but got {value!r}.")
+        out[key] = float(value)
+    if sum(out.values()) <= 0:
+        raise expected("loss_weights", "a dict with a positive sum", loss_weights)
+    return out
+
+
+class KDBaseModule(EvaluationMixin, pl.LightningModule):
+    """Base of every kd_toolkit LightningModule; subclass it to add a method.
+
+    Subclasses set :attr:`loss_names` and implement :meth:`loss_components`. The total loss is
+    ``sum(loss_weights[k] * component_k)``; every component is logged under its name, the total as
+    ``train_loss`` (``_step``/``_epoch`` suffixed, as Lightning's forked logging names them).
+
+    Args:
+        student: The model being trained.
+        teacher: A frozen teacher (or ``None``): eval mode, no gradients, never optimised, never in the
+            student's checkpoint, not wrapped by DDP; moved to the input's device lazily.
+        temperature: Distillation temperature, a positive float.
+        loss_weights: Weights of the components (keys from :attr:`loss_names`); default
+            :meth:`default_loss_weights`.
+        **kwargs: :class:`ModuleArgs` (``criterion``, ``inference_pipeline``, ``teacher_checkpoint``) and
+            :class:`~kd_toolkit.optim.OptimizerArgs` (``optimizer``, ``lr``, ``scheduler``, ...).
+    """
+
+    _teacher: nn.Module | None
+    #: loss-component names a subclass may weight in ``loss_weights``.
+    loss_names: tuple[str, ...] = ("hard_loss",)
+    #: constructor arguments that are models or objects, kept out of ``hparams.yaml``.
+    hparams_ignore: tuple[str, ...] = ("student", "teacher", "network", "criterion", "inference_pipeline", "optimizer",
+                                       "example_input")
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None = None,
+        *,
+        temperature: float = 1.0,
+        loss_weights: Mapping[str, float] | None = None,
+        **kwargs: Unpack[ModuleArgs],
+    ) -> None:
+        super().__init__()
+        check_module("student", student)
+        check_module("teacher", teacher, allow_none=True)
+        extra: dict[str, Any] = dict(kwargs)
+        extra.pop("optimizer_name", None)  # recorded in hparams for a class optimizer (not rebuilt on load)
+        module_args = {k: extra.pop(k) for k in _MODULE_KEYS if k in extra}
+        self.optim_settings = OptimizerSettings.from_kwargs(extra)
+        self.temperature = check_float("temperature", temperature, minimum=0, open_low=True)
+        inference_pipeline = module_args.get("inference_pipeline")
+        if inference_pipeline is not None and not callable(getattr(inference_pipeline, "run_inference_pipeline", None)):
+            raise ValueError(
+                "Expected `inference_pipeline` to have a method `run_inference_pipeline(model, loader)` returning "
+                f"{{'inference_result': value}}, but got {type(inference_pipeline).__name__} without it."
+            )
+        criterion = module_args.get("criterion")
+        if criterion is not None and not callable(criterion):
+            raise expected("criterion", "a callable loss such as nn.CrossEntropyLoss()", criterion)
+        self.student = student
+        # The teacher is kept out of the module's children: it is not in state_dict (so not in the student's
+        # checkpoint), not in parameters() (so never in an optimizer) and not seen by DDP.
+        object.__setattr__(self, "_teacher", None)
+        teacher_checkpoint = module_args.get("teacher_checkpoint")
+        if teacher_checkpoint:
+            if teacher is None:
+                raise ValueError("Expected a `teacher` architecture to load `teacher_checkpoint` into, but got None.")
+            load_weights(teacher, teacher_checkpoint)
+        if teacher is not None:
+            object.__setattr__(self, "_teacher", freeze_teacher(teacher))
+        self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
+        self.loss_weights = check_loss_weights(loss_weights or self.default_loss_weights(), self.loss_names)
+        self.inference_pipeline = inference_pipeline
+        self._metrics = nn.ModuleDict()
+        self._loader_names: dict[str, list[str]] = {}
+        self.epoch_losses = EpochLosses()
+        self._epoch_values_logged = False
+        self._save_module_hyperparameters(inspect.currentframe())
+
+    def _save_module_hyperparameters(self, frame: Any) -> None:
+        # From this frame outwards Lightning collects the arguments of every subclass's `__init__`. Models and
+        # objects stay out (`hparams_ignore`); the optimizer is recorded by name: a preset rebuilds on
+        # `load_from_checkpoint`, a class is only named (`optimizer_name`): pass `optimizer=` again to rebuild it.
+        self.save_hyperparameters(ignore=list(self.hparams_ignore), frame=frame)
+        spec = self.optim_settings.optimizer
+        if isinstance(spec, str):
+            self.hparams["optimizer"] = spec
+        else:
+            self.hparams["optimizer_name"] = optimizer_name(spec)
+
+    # ----------------------------------------------------------------------------- settings (read-only views)
+    @property
+    def lr(self) -> float:
+        return self.optim_settings.lr
+
+    @property
+    def optimizer_spec(self) -> Any:
+        return self.optim_settings.optimizer
+
+    @property
+    def scheduler_name(self) -> str:
+        return self.optim_settings.scheduler
+
+    @property
+    def track_grad_norm(self) -> float | None:
+        return self.optim_settings.track_grad_norm
+
+    # ----------------------------------------------------------------------------- teacher
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The frozen teacher (or ``None``)."""
+        return self._teacher
+
+    def default_loss_weights(self) -> dict[str, float]:
+        return {"hard_loss": 1.0}
+
+    @torch.no_grad()
+    def teacher_forward(self, x: Tensor) -> Any:
+        """Run the frozen teacher on ``x`` in eval mode, moving it to ``x``'s device/dtype first."""
+        teacher = self._teacher
+        if teacher is None:
+            raise RuntimeError("This module has no teacher (`teacher=None`).")
+        param = next(teacher.parameters(), None)
+        if param is not None and (param.device != x.device or (x.is_floating_point() and param.dtype != x.dtype)):
+            teacher.to(device=x.device, dtype=x.dtype if x.is_floating_point() else None)
+        if teacher.training:
+            teacher.eval()
+        return teacher(x)
+
+    # ----------------------------------------------------------------------------- training
+    def forward(self, x: Tensor) -> Tensor:
+        return logits_of(self.student(x))
+
+    def loss_components(self, x: Tensor, y: Tensor | None, index: Tensor | None) -> dict[str, Tensor]:
+        """Return the named loss components for one batch (subclasses override)."""
+        return {"hard_loss": self.criterion(self(x), y)}
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [RNGStateCallback()]
+
+    # `self.log` runs only on the trainer's logging steps and on the epoch's last batch (see `losslog`), under
+    # the names forked logging produces: `<name>_step`, `<name>_epoch`, and `<name>` (the epoch mean, for
+    # `ModelCheckpoint(monitor="train_loss")`; mid-epoch, monitor `train_loss_step`). `train_loss` is the total.
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y, index = split_batch(batch)
+        components = self.loss_components(x, y, index)
+        weights = self.loss_weights
+        total: Tensor = sum(weights[k] * v for k, v in components.items() if k in weights)  # type: ignore[assignment]
+        batch_size = x.shape[0]
+        names, values = self.epoch_losses.add(total, components, batch_size)
+        trainer = self._trainer
+        last = trainer is not None and batch_idx + 1 >= trainer.num_training_batches
+        logging_step = is_logging_step(trainer, batch_idx)
+        if logging_step and values.device.type != "cpu":
+            values = values.cpu()  # the only host transfer: on logging steps
+        if values.device.type == "cpu" and not math.isfinite(values[0].item() if logging_step else total.item()):
+            self._raise_non_finite(values, names)  # checked every step on CPU (free), on logging steps elsewhere
+        if logging_step:
+            step_values = dict(zip(names, values.unbind()))  # 0-dim host tensors: no sync when Lightning reads them
+            kwargs: dict[str, Any] = {"on_step": True, "on_epoch": False, "batch_size": batch_size}
+            self.log("train_loss_step", step_values.pop("train_loss"), prog_bar=True, **kwargs)
+            self.log_dict({f"{k}_step": v for k, v in step_values.items()}, **kwargs)
+        if last:  # logged here, not at epoch end, so callbacks' `on_train_epoch_end` sees them
+            self._log_epoch_values()
+        return total
+
+    def _log_epoch_values(self) -> None:
+        means = self.epoch_losses.mean_tensors()  # this rank's, as Lightning's own epoch means are
+        if means:
+            kwargs: dict[str, Any] = {"on_step": False, "on_epoch": True, "batch_size": 1}
+            self.log("train_loss_epoch", means["train_loss"], prog_bar=True, **kwargs)
+            self.log_dict({f"{k}_epoch": v for k, v in means.items() if k != "train_loss"}, **kwargs)
+            self.log_dict(means, logger=False, **kwargs)
+        self._epoch_values_logged = True
+
+    def on_train_epoch_start(self) -> None:
+        self.reset_epoch_loss()
+        if self._teacher is not None:
+            self._teacher.eval()
+
+    def on_train_epoch_end(self) -> None:
+        if not self._epoch_values_logged:  # the epoch ended early (max_steps, a stop) or its length is unknown
+            self._log_epoch_values()
+
+    def reset_epoch_loss(self) -> None:
+        self.epoch_losses.reset()
+        self._epoch_values_logged = False
+
+    def _raise_non_finite(self, host: Tensor, names: tuple[str, ...]) -> None:
+        listed = host.tolist()  # the step's values, total first, in `names` order
+        bad = {k: v for k, v in zip(names[1:], listed[1:]) if not math.isfinite(v)}
+        raise FloatingPointError(
+            f"Non-finite training loss at epoch {self.current_epoch}, step {self.global_step}: total={listed[0]}, "
+            f"non-finite components={bad or 'weighted sum overflowed'}. Lower the learning rate, check the "
+            "inputs for NaN/inf, or use precision=32."
+        )
+
+    def _reduce_sum(self) -> Any:
+        if self._trainer is not None and self.trainer.world_size > 1:
+            return lambda t: self.trainer.strategy.reduce(t.to(self.device), reduce_op="sum")
+        return None
+
+    def epoch_loss_per_sample(self) -> float:
+        """Average training loss per sample over the last epoch (summed over DDP ranks)."""
+        return float(self.epoch_losses.means(self._reduce_sum()).get("train_loss", 0.0))
+
+    def epoch_component_means(self) -> dict[str, float]:
+        """Per-sample mean of every loss component over the current/last training epoch (DDP-summed)."""
+        means = self.epoch_losses.means(self._reduce_sum())
+        means.pop("train_loss", None)
+        return means
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.track_grad_norm is None or self.global_step % max(1, self.trainer.log_every_n_steps):
+            return
+        self.log_dict(grad_norm(self.student, norm_type=self.track_grad_norm))
+
+    # ----------------------------------------------------------------------------- optimizers
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters handed to the optimizer: the student's (subclasses add e.g. hint regressors)."""
+        return [p for p in self.student.parameters() if p.requires_grad]
+
+    def schedule_steps(self, steps_per_epoch: int, total_steps: int) -> int:
+        """How many optimizer steps the current schedule spans (a method with stages overrides it)."""
+        return total_steps
+
+    def configure_optimizers(self) -> Any:
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        per_epoch = max(1, steps // max(1, self.trainer.max_epochs or 1))
+        configured = self.optim_settings.build(self.trainable_parameters(), steps_per_epoch=per_epoch,
+                                               total_steps=self.schedule_steps(per_epoch, steps))
+        optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
+        if self._teacher is not None:
+            teacher_ids = {id(p) for p in self._teacher.parameters()}
+            if any(id(p) in teacher_ids for g in optimizer.param_groups for p in g["params"]):
+                raise ValueError("The optimizer holds teacher parameters; build it over the student's parameters only.")
+        return configured
