@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench bench-env bench-full clean
+.PHONY: demo test lint typecheck venv bench bench-env bench-full clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,14 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/kd-toolkit pipeline --output-dir runs/demo
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+test: lint typecheck
+	$(PY) -m pytest -q --durations=15
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check kd_toolkit tests benchmarks examples knowledge_distilation.py
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
 
 # The peer framework of protocol 5 is installed into the benchmark environment only (not a project dependency);
 # if it can't be installed, that protocol is skipped with a message.

@@ -82,4 +82,4 @@ def _distill_one_epoch(
         num_sanity_val_steps=0,
     )
     kd.fit()
-    return kd.module.epoch_loss_per_sample()
+    return float(kd.module.epoch_loss_per_sample())  # type: ignore[operator]

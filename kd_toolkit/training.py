@@ -14,7 +14,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kd_toolkit import _trainer_args as targs
+from kd_toolkit._checks import check_choice, check_int
+from kd_toolkit._io import load_weights
 from kd_toolkit.core.module import KDBaseModule
+from kd_toolkit.distillation.cache import cached_training_loader
 from kd_toolkit.distillation.module import DistillationModule
 
 __all__ = ["KnowledgeDistillationTraining"]
@@ -154,54 +157,21 @@ class KnowledgeDistillationTraining:
         module_kwargs: Mapping[str, Any] | None = None,
         **trainer_kwargs: Any,
     ) -> None:
-        if isinstance(max_epoch, bool) or not isinstance(max_epoch, int) or max_epoch < 1:
-            raise ValueError(f"Expected `max_epoch` to be a positive int, but got {max_epoch!r}.")
-        if isinstance(accumulate_grad_batches, bool) or not isinstance(accumulate_grad_batches, int) or accumulate_grad_batches < 1:
-            raise ValueError(f"Expected `accumulate_grad_batches` to be a positive int, but got {accumulate_grad_batches!r}.")
-        if monitor_mode not in (None, "min", "max"):
-            raise ValueError(f"Expected `monitor_mode` to be 'min' or 'max', but got {monitor_mode!r}.")
-        if module is not None and (student_model is not None or teacher_model is not None):
-            raise ValueError("Pass either `module=` or `student_model=`/`teacher_model=`, not both.")
-        if module is None and student_model is None:
-            raise ValueError("Expected a `student_model` (nn.Module) or a ready `module=` LightningModule, but got neither.")
-        if datamodule is not None and train_data_loader is not None:
-            raise ValueError("Pass either `datamodule=` or `train_data_loader=`, not both.")
-        if datamodule is None and train_data_loader is None:
-            raise ValueError("Expected a `train_data_loader` (DataLoader) or a `datamodule=`, but got neither.")
-        self.quiet = quiet
-        self.seed = seed
+        check_int("max_epoch", max_epoch, minimum=1)
+        check_int("accumulate_grad_batches", accumulate_grad_batches, minimum=1)
+        if monitor_mode is not None:
+            check_choice("monitor_mode", monitor_mode, ("min", "max"))
+        _check_exclusive(module, student_model, teacher_model, datamodule, train_data_loader)
+        self.quiet, self.seed = quiet, seed
         if seed is not None:
             pl.seed_everything(seed, workers=True, verbose=not quiet)
-
-        # ---- data
-        self.datamodule = datamodule
-        self.val_loaders = targs.normalise_eval_loaders(val_data_loaders, "val_data_loaders")
-        self.test_loaders = targs.normalise_eval_loaders(test_data_loaders, "test_data_loaders")
-        if train_data_loader is not None:
-            targs.check_loader(train_data_loader, "train_data_loader")
-        if cache_teacher_outputs and datamodule is not None:  # the loader must carry sample indices
-            datamodule.setup("fit")
-            train_data_loader = datamodule.train_dataloader()
-            val_loader = datamodule.val_dataloader()
-            self.val_loaders = self.val_loaders or ({"val": val_loader} if isinstance(val_loader, DataLoader) else None)
-            self.datamodule = None
-        if cache_teacher_outputs:
-            from kd_toolkit.data import find_random_transform, with_sample_indices
-
-            found = find_random_transform(train_data_loader.dataset)
-            if found is not None:
-                raise ValueError(
-                    f"Cannot use `cache_teacher_outputs=True`: the training data applies the random transform "
-                    f"{found}, so cached teacher outputs would not match the inputs the student sees."
-                )
-            train_data_loader = with_sample_indices(train_data_loader)
-        self.train_loader = train_data_loader
-
-        # ---- module
+        self._prepare_data(train_data_loader, val_data_loaders, test_data_loaders, datamodule, cache_teacher_outputs)
         if module is None:
             module = DistillationModule(
-                student_model, teacher_model, temperature=temperature, loss_weights=final_loss_coeff_dict,
-                criterion=criterion, optimizer=optimize_method, lr=learning_rate, scheduler=scheduler_method,
+                student_model,  # type: ignore[arg-type]  # not None: checked by `_check_exclusive`
+                teacher_model, temperature=temperature, loss_weights=final_loss_coeff_dict,
+                criterion=criterion, optimizer=optimize_method, lr=learning_rate,
+                scheduler=scheduler_method,  # type: ignore[arg-type]  # validated by the module
                 warmup_epochs=num_lr_warm_up_epoch, track_grad_norm=track_grad_norm,
                 inference_pipeline=inference_pipeline, cache_teacher_outputs=cache_teacher_outputs,
                 **dict(module_kwargs or {}),
@@ -209,8 +179,6 @@ class KnowledgeDistillationTraining:
         if not isinstance(module, pl.LightningModule):
             raise ValueError(f"Expected `module` to be a LightningModule, but got {type(module).__name__}.")
         self.module = module
-
-        # ---- hardware, precision, resume
         hardware = targs.resolve_hardware(num_gpu_used, accelerator, devices, strategy, num_nodes)
         self.precision = targs.resolve_precision(precision, hardware["accelerator"])
         self.root_dir = Path(default_root_dir)
@@ -218,9 +186,7 @@ class KnowledgeDistillationTraining:
         if resume_from_checkpoint == "last":
             resume_from_checkpoint = targs.find_last_checkpoint(self.root_dir, self.experiment_name)
         self.ckpt_path = targs.check_resume_path(resume_from_checkpoint)
-
-        # ---- loggers (a bad Comet info file fails here, before any training)
-        from kd_toolkit.tracking import build_loggers, log_hyperparams
+        from kd_toolkit.tracking import build_loggers, log_hyperparams  # a bad Comet info file fails here
 
         self.loggers = build_loggers(
             self.root_dir, self.experiment_name, csv=csv_logging, tensorboard=tensorboard,
@@ -229,47 +195,70 @@ class KnowledgeDistillationTraining:
         )
         if logging_param:
             log_hyperparams(self.loggers, dict(logging_param))
+        all_callbacks = self._callbacks(callbacks, checkpointing, monitor, monitor_mode, scheduler_method)
+        trainer_kwargs.setdefault("log_every_n_steps", 50)
+        trainer_kwargs.setdefault("enable_model_summary", not quiet)
+        with quiet_lightning(quiet):
+            self.trainer = pl.Trainer(
+                max_epochs=max_epoch, accumulate_grad_batches=accumulate_grad_batches,
+                precision=self.precision,  # type: ignore[arg-type]  # a Lightning name, from resolve_precision
+                deterministic="warn" if deterministic is True else deterministic, callbacks=all_callbacks,
+                logger=self.loggers or False, default_root_dir=str(self.root_dir),
+                enable_checkpointing=checkpointing, **hardware, **trainer_kwargs,
+            )
 
-        # ---- callbacks
+    def _prepare_data(self, train_loader: DataLoader | None, val_loaders: Any, test_loaders: Any,
+                      datamodule: pl.LightningDataModule | None, cache: bool) -> None:
+        """Loaders or a datamodule; with teacher caching, the training loader carries sample indices."""
+        self.datamodule = datamodule
+        self.val_loaders = targs.normalise_eval_loaders(val_loaders, "val_data_loaders")
+        self.test_loaders = targs.normalise_eval_loaders(test_loaders, "test_data_loaders")
+        if train_loader is not None:
+            targs.check_loader(train_loader, "train_data_loader")
+        self._fit_datamodule = datamodule  # None: fit from the loaders below
+        if cache and datamodule is not None:  # fit from its loaders (indices added); test still uses it
+            datamodule.setup("fit")
+            train_loader = datamodule.train_dataloader()
+            val_loader = datamodule.val_dataloader() if _overrides(datamodule, "val_dataloader") else None
+            if self.val_loaders is None and isinstance(val_loader, DataLoader):
+                self.val_loaders = {"val": val_loader}
+            self._fit_datamodule = None
+        self.train_loader = cached_training_loader(train_loader) if cache and train_loader is not None else train_loader
+
+    def _callbacks(self, extra: Sequence[Callback] | None, checkpointing: bool, monitor: str | None,
+                   monitor_mode: str | None, scheduler_method: str) -> list[Callback]:
+        """The best/last checkpoint callback (monitoring ``val_acc`` by default), the LR monitor, the user's."""
+        datamodule = self.datamodule
         has_val = self.val_loaders is not None or (datamodule is not None and _overrides(datamodule, "val_dataloader"))
-        pipeline = getattr(module, "inference_pipeline", None)
+        pipeline = getattr(self.module, "inference_pipeline", None)
         if monitor is None:
             monitor = (next(iter(self.val_loaders)) if pipeline is not None and self.val_loaders else
                        "val_acc" if has_val else "train_loss")
         monitor_mode = monitor_mode or ("min" if "loss" in monitor else "max")
         self.checkpoint_callback: ModelCheckpoint | None = None
-        all_callbacks = list(callbacks or [])
+        callbacks = list(extra or [])
         if checkpointing:
             self.checkpoint_callback = ModelCheckpoint(
                 monitor=monitor, mode=monitor_mode, save_last=True, save_top_k=1,
                 filename="best-{epoch:03d}-{" + monitor + ":.4f}", auto_insert_metric_name=False,
             )
-            all_callbacks.append(self.checkpoint_callback)
-        if self.loggers and _has_scheduler(scheduler_method, module):
-            all_callbacks.append(LearningRateMonitor(logging_interval="step"))
-
-        trainer_kwargs.setdefault("log_every_n_steps", 50)
-        trainer_kwargs.setdefault("enable_model_summary", not quiet)
-        with quiet_lightning(quiet):
-            self.trainer = pl.Trainer(
-            max_epochs=max_epoch, accumulate_grad_batches=accumulate_grad_batches, precision=self.precision,
-            deterministic="warn" if deterministic is True else deterministic, callbacks=all_callbacks,
-            logger=self.loggers or False, default_root_dir=str(self.root_dir),
-            enable_checkpointing=checkpointing, **hardware, **trainer_kwargs,
-            )
+            callbacks.append(self.checkpoint_callback)
+        if self.loggers and _has_scheduler(scheduler_method, self.module):
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        return callbacks
 
     # --------------------------------------------------------------------------------- running
     def fit(self) -> KnowledgeDistillationTraining:
         """Train (resuming from ``resume_from_checkpoint`` when given)."""
         with quiet_lightning(self.quiet):
-            if self.datamodule is not None:
-                self.trainer.fit(self.module, datamodule=self.datamodule, ckpt_path=self.ckpt_path)
+            if self._fit_datamodule is not None:
+                self.trainer.fit(self.module, datamodule=self._fit_datamodule, ckpt_path=self.ckpt_path)
             else:
                 self.trainer.fit(self.module, train_dataloaders=self.train_loader,
                                  val_dataloaders=self.val_loaders, ckpt_path=self.ckpt_path)
         return self
 
-    def test(self, ckpt: str | None = "best") -> list[dict[str, float]]:
+    def test(self, ckpt: str | None = "best") -> list[Mapping[str, float]]:
         """Evaluate on the test loaders (or the datamodule's) with the ``"best"`` or ``"last"`` weights,
         or the in-memory weights (``ckpt=None``)."""
         if ckpt not in ("best", "last", None):
@@ -297,10 +286,7 @@ class KnowledgeDistillationTraining:
             path = self.best_checkpoint
             if path is None:
                 raise ValueError("No best checkpoint was written (checkpointing off, or training has not run).")
-            import torch
-
-            state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-            student.load_state_dict({k[len("student."):]: v for k, v in state.items() if k.startswith("student.")})
+            load_weights(student, path)  # the checkpoint's `student.*` weights, loaded safely
         return student
 
     # --------------------------------------------------------------------------------- paths
@@ -320,6 +306,17 @@ class KnowledgeDistillationTraining:
     @property
     def last_checkpoint(self) -> str | None:
         return (self.checkpoint_callback.last_model_path or None) if self.checkpoint_callback else None
+
+
+def _check_exclusive(module: Any, student: Any, teacher: Any, datamodule: Any, train_loader: Any) -> None:
+    if module is not None and (student is not None or teacher is not None):
+        raise ValueError("Pass either `module=` or `student_model=`/`teacher_model=`, not both.")
+    if module is None and student is None:
+        raise ValueError("Expected a `student_model` (nn.Module) or a ready `module=` LightningModule, but got neither.")
+    if datamodule is not None and train_loader is not None:
+        raise ValueError("Pass either `datamodule=` or `train_data_loader=`, not both.")
+    if datamodule is None and train_loader is None:
+        raise ValueError("Expected a `train_data_loader` (DataLoader) or a `datamodule=`, but got neither.")
 
 
 def _overrides(datamodule: pl.LightningDataModule, name: str) -> bool:

@@ -12,6 +12,7 @@ from pytorch_lightning.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
 from kd_toolkit import KnowledgeDistillationTraining
+from kd_toolkit.models import create_model
 from tests.conftest import TinyMLP
 
 FAST = dict(enable_progress_bar=False, quiet=True)
@@ -231,3 +232,18 @@ def test_malformed_comet_info_fails_before_training(tmp_path, loaders):
     with pytest.raises(ValueError, match="three"):
         KnowledgeDistillationTraining(student_model=TinyMLP(), train_data_loader=loaders("train"), log_to_comet=True,
                                       comet_info_path=str(info), default_root_dir=tmp_path)
+
+
+def test_cached_teacher_with_a_datamodule_still_tests_on_its_test_split(tmp_path):
+    """Regression: with `cache_teacher_outputs=True` the datamodule used to be dropped, so `test()` said
+    "pass a datamodule with a test split" although one was passed."""
+    from kd_toolkit.data import DigitsDataModule
+
+    kd = KnowledgeDistillationTraining(
+        teacher_model=create_model("digits_teacher"), student_model=create_model("digits_student"),
+        datamodule=DigitsDataModule(batch_size=64), cache_teacher_outputs=True, num_gpu_used=0, max_epoch=1,
+        default_root_dir=tmp_path, quiet=True, enable_progress_bar=False, limit_train_batches=2,
+    )
+    kd.fit()
+    results = kd.test()
+    assert results and 0.0 <= results[0]["test_acc"] <= 1.0

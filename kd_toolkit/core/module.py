@@ -9,6 +9,7 @@ and exact resume (:class:`~kd_toolkit.core.resume.RNGStateCallback`). A method i
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from collections.abc import Iterable, Mapping
@@ -28,7 +29,7 @@ from kd_toolkit.core.losslog import EpochLosses, is_logging_step
 from kd_toolkit.core.resume import RNGStateCallback
 from kd_toolkit.optim import OptimizerArgs, OptimizerSettings, optimizer_name
 
-__all__ = ["KDBaseModule", "ModuleArgs", "check_loss_weights", "freeze_teacher"]
+__all__ = ["KDBaseModule", "ModuleArgs", "attached_trainer", "check_loss_weights", "freeze_teacher"]
 
 
 class ModuleArgs(OptimizerArgs, total=False):
@@ -48,6 +49,14 @@ class ModuleArgs(OptimizerArgs, total=False):
 
 
 _MODULE_KEYS = ("criterion", "inference_pipeline", "teacher_checkpoint")
+
+
+def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
+    """The module's Trainer, or ``None`` when it is not attached to one (without Lightning's private fields)."""
+    try:
+        return module.trainer
+    except RuntimeError:
+        return None
 
 
 def freeze_teacher(teacher: nn.Module) -> nn.Module:
@@ -151,6 +160,9 @@ class KDBaseModule(EvaluationMixin, pl.LightningModule):
         # objects stay out (`hparams_ignore`); the optimizer is recorded by name: a preset rebuilds on
         # `load_from_checkpoint`, a class is only named (`optimizer_name`): pass `optimizer=` again to rebuild it.
         self.save_hyperparameters(ignore=list(self.hparams_ignore), frame=frame)
+        settings = dataclasses.asdict(self.optim_settings)  # the resolved values, defaults included
+        settings.pop("optimizer")
+        self.hparams.update(settings)
         spec = self.optim_settings.optimizer
         if isinstance(spec, str):
             self.hparams["optimizer"] = spec
@@ -217,7 +229,7 @@ class KDBaseModule(EvaluationMixin, pl.LightningModule):
         total: Tensor = sum(weights[k] * v for k, v in components.items() if k in weights)  # type: ignore[assignment]
         batch_size = x.shape[0]
         names, values = self.epoch_losses.add(total, components, batch_size)
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         last = trainer is not None and batch_idx + 1 >= trainer.num_training_batches
         logging_step = is_logging_step(trainer, batch_idx)
         if logging_step and values.device.type != "cpu":
@@ -265,7 +277,7 @@ class KDBaseModule(EvaluationMixin, pl.LightningModule):
         )
 
     def _reduce_sum(self) -> Any:
-        if self._trainer is not None and self.trainer.world_size > 1:
+        if attached_trainer(self) is not None and self.trainer.world_size > 1:
             return lambda t: self.trainer.strategy.reduce(t.to(self.device), reduce_op="sum")
         return None
 
