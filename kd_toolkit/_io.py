@@ -101,8 +101,8 @@ def load_torch(path: str | Path, *, what: str = "file") -> Any:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ValueError(
-            f"Could not read {what} {str(path)!r}: it is corrupt, truncated or not a PyTorch file "
-            f"({type(err).__name__}: {err})"[:600]
+            f"{what[:1].upper()}{what[1:]} {str(path)!r} is corrupt or not a PyTorch {what} (truncated, damaged or "
+            f"another format; {type(err).__name__}: {err})"[:600]
         ) from err
 
 

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from kd_toolkit._io import load_torch
+
 _PRECISIONS = {
     16: "16-mixed", "16": "16-mixed", "16-mixed": "16-mixed", "16-true": "16-true",
     32: "32-true", "32": "32-true", "32-true": "32-true",
@@ -126,12 +128,7 @@ def check_resume_path(path: Any) -> str | None:
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"Expected `resume_from_checkpoint` to be an existing checkpoint file, but {str(path)!r} does not exist.")
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"Checkpoint {str(path)!r} is corrupt or not a PyTorch checkpoint ({type(err).__name__}: {err})."[:600]
-        ) from err
+    checkpoint = load_torch(file, what="checkpoint")
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "loops" not in checkpoint:
         raise ValueError(
             f"Checkpoint {str(path)!r} is not a Lightning training checkpoint (no 'state_dict'/'loops'); "
