@@ -25,7 +25,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "file_digest", "load_torch", "load_weights", "save_torch", "write_json", "write_text"]
+__all__ = ["DIGEST_KEY", "atomic_write", "check_digest", "file_digest", "load_torch", "load_weights", "save_torch",
+           "state_digest", "write_json", "write_text"]
 
 #: Permissions of the files we write (temporary files start as 0600): ordinary ``rw-r--r--`` less the umask.
 _FILE_MODE = 0o666
@@ -64,7 +65,7 @@ def _to_builtin(value: Any) -> Any:
         return value.tolist()
     if isinstance(value, Path):
         return str(value)
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serialisable")
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def write_json(obj: Any, path: str | Path) -> Path:
@@ -111,6 +112,7 @@ def load_weights(model: Any, path: str | Path, *, prefix: str = "student.") -> A
     ``{"model_state_dict": ...}`` file or a kd_toolkit / Lightning checkpoint (keys under ``prefix`` are
     taken), safely (``weights_only=True``). Returns ``model``."""
     state = load_torch(path, what="weights file")
+    check_digest(state, path)
     if isinstance(state, Mapping):
         for key in ("state_dict", "model_state_dict"):
             if isinstance(state.get(key), Mapping):
@@ -137,3 +139,37 @@ def file_digest(path: str | Path, *, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: handle.read(chunk), b""):
             digest.update(block)
     return "sha256:" + digest.hexdigest()
+
+
+DIGEST_KEY = "kd_toolkit_digest"
+
+
+def state_digest(state_dict: Mapping[str, Any]) -> str:
+    """SHA-256 over a state dict's keys, dtypes, shapes and tensor bytes (``"sha256:<hex>"``); stored in every
+    checkpoint kd_toolkit writes and checked on load, so flipped bytes inside tensor data are detected."""
+    import torch
+
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        value = state_dict[key]
+        digest.update(str(key).encode())
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(repr(value).encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def check_digest(checkpoint: Any, path: str | Path) -> None:
+    """Raise ``ValueError`` naming ``path`` when a checkpoint's stored digest does not match its state dict
+    (files without a digest, e.g. written by plain Lightning, pass)."""
+    if not isinstance(checkpoint, Mapping) or DIGEST_KEY not in checkpoint:
+        return
+    state = checkpoint.get("state_dict", {})
+    if state_digest(state) != checkpoint[DIGEST_KEY]:
+        raise ValueError(
+            f"Checkpoint {str(path)!r} is corrupt: its weights do not match the digest stored when it was written "
+            "(the file was damaged or modified after saving). Use another checkpoint, e.g. last.ckpt or an earlier one."
+        )

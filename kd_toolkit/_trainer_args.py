@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,7 +11,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from kd_toolkit._io import load_torch
+from kd_toolkit._checks import check_int, close_matches, expected
+from kd_toolkit._io import check_digest, load_torch
 
 _PRECISIONS = {
     16: "16-mixed", "16": "16-mixed", "16-mixed": "16-mixed", "16-true": "16-true",
@@ -129,6 +131,7 @@ def check_resume_path(path: Any) -> str | None:
     if not file.is_file():
         raise FileNotFoundError(f"Expected `resume_from_checkpoint` to be an existing checkpoint file, but {str(path)!r} does not exist.")
     checkpoint = load_torch(file, what="checkpoint")
+    check_digest(checkpoint, file)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "loops" not in checkpoint:
         raise ValueError(
             f"Checkpoint {str(path)!r} is not a Lightning training checkpoint (no 'state_dict'/'loops'); "
@@ -143,3 +146,80 @@ def find_last_checkpoint(root: Path, name: str) -> str:
     if not candidates:
         raise FileNotFoundError(f"resume_from_checkpoint='last' found no last.ckpt under {str(root / name)!r}.")
     return str(candidates[-1])
+
+
+_NUMPY_SEED_MAX = 2**32 - 1
+
+
+def check_seed(seed: Any) -> int | None:
+    """``None`` or an int that numpy accepts as a seed."""
+    if seed is None:
+        return None
+    return check_int("seed", seed, minimum=0, maximum=_NUMPY_SEED_MAX)
+
+
+def check_trainer_kwargs(kwargs: Mapping[str, Any]) -> None:
+    """Refuse keywords that ``pytorch_lightning.Trainer`` does not take, naming the close matches."""
+    import inspect
+
+    import pytorch_lightning as pl
+
+    allowed = [p for p in inspect.signature(pl.Trainer.__init__).parameters if p != "self"]
+    for key in kwargs:
+        if key not in allowed:
+            hint = close_matches(key, allowed)
+            raise ValueError(
+                f"Unknown keyword {key!r}: it is neither a KnowledgeDistillationTraining argument nor a "
+                f"pytorch_lightning.Trainer argument." + (f" Did you mean {' or '.join(map(repr, hint))}?" if hint else "")
+            )
+
+
+def check_root_dir(root: Any) -> Path:
+    """``default_root_dir`` as a Path; it may not exist yet, but must not be a file."""
+    if not isinstance(root, (str, os.PathLike)) or not str(root):
+        raise expected("default_root_dir", "a folder path (str or Path)", root)
+    path = Path(root)
+    if path.exists() and not path.is_dir():
+        raise expected("default_root_dir", "a folder (it is created if missing), not an existing file", str(root))
+    return path
+
+
+def check_devices_available(hardware: Mapping[str, Any]) -> None:
+    """Asking for more GPUs than the machine has is an error that says how many it has."""
+    if hardware["accelerator"] not in ("gpu", "cuda"):
+        return
+    devices = hardware["devices"]
+    wanted = devices if isinstance(devices, int) else len(devices) if isinstance(devices, (list, tuple)) else None
+    available = torch.cuda.device_count()
+    if wanted is not None and wanted > available:
+        raise ValueError(
+            f"Expected at most {available} GPU(s) (this machine has {available}), but `num_gpu_used`/`devices` asks "
+            f"for {devices!r}. Use num_gpu_used=0 (or accelerator='cpu') to train on the CPU."
+        )
+
+
+def resume_version(path: str | None, root: Path, name: str) -> str | None:
+    """The ``version_N`` folder a resumed checkpoint belongs to (so the run continues in it), else ``None``."""
+    if path is None:
+        return None
+    ckpt = Path(path).resolve()
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
+    if run_dir is not None and run_dir.parent == (root / name).resolve():
+        return run_dir.name
+    return None
+
+
+def check_resume_fits(path: str | None, module: Any) -> None:
+    """The checkpoint to resume must hold this module's weights (same keys and shapes)."""
+    if path is None:
+        return
+    state = load_torch(path, what="checkpoint").get("state_dict", {})
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or reshaped:
+        details = "; ".join(f"{label}: {keys[:4]}{' ...' if len(keys) > 4 else ''}" for label, keys in
+                            (("missing", missing), ("unexpected", unexpected), ("different shape", reshaped)) if keys)
+        raise ValueError(f"Checkpoint {str(path)!r} does not match this run's student (a checkpoint of another "
+                         f"model?): {details}.")

@@ -69,7 +69,13 @@ def _distill_one_epoch(
         raise ValueError(f"Expected `teacher_percentage` to be a float in [0, 1], but got {teacher_percentage!r}.")
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError(f"Expected `optimizer` to be a torch.optim.Optimizer instance, but got {optimizer!r}.")
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"Expected `device` to be 'cpu', 'cuda', 'cuda:<index>', a torch.device or None, but got "
+                         f"{device!r}.") from err
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"Expected `device` to be 'cpu', 'cuda' or None, but got {str(device)!r}.")
     p = float(teacher_percentage)

@@ -140,10 +140,26 @@ def build_optimizer(
     check_optimizer_spec(optimizer)
     if isinstance(optimizer, Optimizer):
         return optimizer
-    if isinstance(optimizer, str):
-        cls, preset = OPTIMIZER_PRESETS[optimizer]
-        return cls(params, lr=lr, **{**preset, **kwargs})  # type: ignore[call-arg]
-    return optimizer(params, lr=lr, **kwargs)
+    factory, preset = OPTIMIZER_PRESETS[optimizer] if isinstance(optimizer, str) else (optimizer, {})
+    _check_optimizer_kwargs(factory, kwargs)
+    return factory(params, lr=lr, **{**preset, **kwargs})
+
+
+def _check_optimizer_kwargs(factory: Any, kwargs: Mapping[str, Any]) -> None:
+    """Name the keyword arguments an optimizer class does not take (instead of torch's raw ``TypeError``)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: let it raise its own error
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    allowed = [name for name in parameters if name not in ("self", "params")]
+    unknown = [key for key in kwargs if key not in allowed]
+    if unknown:
+        name = getattr(factory, "__name__", repr(factory))
+        raise ValueError(f"Expected `optimizer_kwargs` to hold arguments of {name} ({allowed}), but got {unknown}.")
 
 
 def build_scheduler(

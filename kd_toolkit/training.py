@@ -14,8 +14,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kd_toolkit import _trainer_args as targs
-from kd_toolkit._checks import check_choice, check_int
+from kd_toolkit._checks import check_choice, check_int, check_mapping
 from kd_toolkit._io import load_weights
+from kd_toolkit.core.checkpoint import InterruptCheckpoint, MonitorCheck, SafeCheckpointIO, SafeModelCheckpoint
 from kd_toolkit.core.module import KDBaseModule
 from kd_toolkit.distillation.cache import cached_training_loader
 from kd_toolkit.distillation.module import DistillationModule
@@ -162,6 +163,9 @@ class KnowledgeDistillationTraining:
         if monitor_mode is not None:
             check_choice("monitor_mode", monitor_mode, ("min", "max"))
         _check_exclusive(module, student_model, teacher_model, datamodule, train_data_loader)
+        seed = targs.check_seed(seed)
+        targs.check_trainer_kwargs(trainer_kwargs)
+        logging_param = check_mapping("logging_param", logging_param)
         self.quiet, self.seed = quiet, seed
         if seed is not None:
             pl.seed_everything(seed, workers=True, verbose=not quiet)
@@ -180,22 +184,30 @@ class KnowledgeDistillationTraining:
             raise ValueError(f"Expected `module` to be a LightningModule, but got {type(module).__name__}.")
         self.module = module
         hardware = targs.resolve_hardware(num_gpu_used, accelerator, devices, strategy, num_nodes)
+        targs.check_devices_available(hardware)
         self.precision = targs.resolve_precision(precision, hardware["accelerator"])
-        self.root_dir = Path(default_root_dir)
+        self.root_dir = targs.check_root_dir(default_root_dir)
         self.experiment_name = experiment_name or comet_exp_name or "kd"
         if resume_from_checkpoint == "last":
             resume_from_checkpoint = targs.find_last_checkpoint(self.root_dir, self.experiment_name)
         self.ckpt_path = targs.check_resume_path(resume_from_checkpoint)
+        targs.check_resume_fits(self.ckpt_path, module)
         from kd_toolkit.tracking import build_loggers, log_hyperparams  # a bad Comet info file fails here
 
         self.loggers = build_loggers(
             self.root_dir, self.experiment_name, csv=csv_logging, tensorboard=tensorboard,
             comet_info_path=comet_info_path if log_to_comet else None, comet_exp_name=comet_exp_name or None,
-            extra=list(loggers or []),
+            extra=list(loggers or []),  # a resumed run continues in its own folder (one metrics.csv)
+            version=targs.resume_version(self.ckpt_path, self.root_dir, self.experiment_name),
         )
-        if logging_param:
-            log_hyperparams(self.loggers, dict(logging_param))
+        run_params = {"max_epoch": max_epoch, "seed": seed, "precision": self.precision,
+                      "accumulate_grad_batches": accumulate_grad_batches, "num_nodes": num_nodes,
+                      "devices": str(hardware["devices"]), "strategy": str(hardware["strategy"]),
+                      "batch_size": getattr(self.train_loader, "batch_size", None), "deterministic": deterministic,
+                      "resume_from_checkpoint": self.ckpt_path or ""}
+        log_hyperparams(self.loggers, {"run": run_params, **logging_param})
         all_callbacks = self._callbacks(callbacks, checkpointing, monitor, monitor_mode, scheduler_method)
+        trainer_kwargs["plugins"] = [*_as_list(trainer_kwargs.get("plugins")), SafeCheckpointIO()]
         trainer_kwargs.setdefault("log_every_n_steps", 50)
         trainer_kwargs.setdefault("enable_model_summary", not quiet)
         with quiet_lightning(quiet):
@@ -238,11 +250,14 @@ class KnowledgeDistillationTraining:
         self.checkpoint_callback: ModelCheckpoint | None = None
         callbacks = list(extra or [])
         if checkpointing:
-            self.checkpoint_callback = ModelCheckpoint(
-                monitor=monitor, mode=monitor_mode, save_last=True, save_top_k=1,
+            dirpath = Path(self.loggers[0].log_dir or self.root_dir) / "checkpoints" if self.loggers else self.root_dir / "checkpoints"
+            self.checkpoint_callback = SafeModelCheckpoint(
+                dirpath=dirpath, monitor=monitor, mode=monitor_mode, save_last=True, save_top_k=1,
                 filename="best-{epoch:03d}-{" + monitor + ":.4f}", auto_insert_metric_name=False,
             )
-            callbacks.append(self.checkpoint_callback)
+            # Ctrl-C or an exception writes a resumable `interrupted.ckpt` beside the others (said in the log)
+            callbacks += [self.checkpoint_callback, MonitorCheck(monitor),
+                          InterruptCheckpoint(dirpath=dirpath, filename="interrupted")]
         if self.loggers and _has_scheduler(scheduler_method, self.module):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         return callbacks
@@ -252,10 +267,11 @@ class KnowledgeDistillationTraining:
         """Train (resuming from ``resume_from_checkpoint`` when given)."""
         with quiet_lightning(self.quiet):
             if self._fit_datamodule is not None:
-                self.trainer.fit(self.module, datamodule=self._fit_datamodule, ckpt_path=self.ckpt_path)
+                self.trainer.fit(self.module, datamodule=self._fit_datamodule, ckpt_path=self.ckpt_path,
+                                 weights_only=True)
             else:
                 self.trainer.fit(self.module, train_dataloaders=self.train_loader,
-                                 val_dataloaders=self.val_loaders, ckpt_path=self.ckpt_path)
+                                 val_dataloaders=self.val_loaders, ckpt_path=self.ckpt_path, weights_only=True)
         return self
 
     def test(self, ckpt: str | None = "best") -> list[Mapping[str, float]]:
@@ -267,9 +283,11 @@ class KnowledgeDistillationTraining:
             ckpt = None  # nothing saved yet: evaluate the weights in memory
         with quiet_lightning(self.quiet):
             if self.test_loaders is not None:
-                return self.trainer.test(self.module, dataloaders=self.test_loaders, ckpt_path=ckpt, verbose=not self.quiet)
+                return self.trainer.test(self.module, dataloaders=self.test_loaders, ckpt_path=ckpt,
+                                         verbose=not self.quiet, weights_only=True)
             if self.datamodule is not None:
-                return self.trainer.test(self.module, datamodule=self.datamodule, ckpt_path=ckpt, verbose=not self.quiet)
+                return self.trainer.test(self.module, datamodule=self.datamodule, ckpt_path=ckpt,
+                                         verbose=not self.quiet, weights_only=True)
         raise ValueError("Nothing to test on: pass `test_data_loaders=` or a `datamodule=` with a test split.")
 
     def start_kd_training(self) -> nn.Module:
@@ -306,6 +324,10 @@ class KnowledgeDistillationTraining:
     @property
     def last_checkpoint(self) -> str | None:
         return (self.checkpoint_callback.last_model_path or None) if self.checkpoint_callback else None
+
+
+def _as_list(value: Any) -> list[Any]:
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _check_exclusive(module: Any, student: Any, teacher: Any, datamodule: Any, train_loader: Any) -> None:

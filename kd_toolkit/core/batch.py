@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["logits_of", "split_batch"]
+__all__ = ["explain_batch_error", "logits_of", "split_batch"]
 
 
 def logits_of(output: Any) -> Tensor:
@@ -44,3 +44,19 @@ def split_batch(batch: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
     if isinstance(batch, Mapping):
         return batch["x"], batch.get("y"), batch.get("index")
     return batch, None, None
+
+
+def explain_batch_error(logits: Any, y: Any, where: str) -> ValueError | None:
+    """A clear error for the usual causes of a loss failing on a batch, or ``None`` if neither applies:
+    outputs that are not ``(B, C)`` logits, or labels outside ``[0, C)``. Called on the failure path only,
+    so the training step never pays a host sync for it."""
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        return ValueError(f"Expected the model to return logits of shape (batch, num_classes) in {where}, but got "
+                          f"{shape}; flatten or pool its output before the classifier.")
+    if isinstance(y, Tensor) and not y.is_floating_point() and y.numel():
+        low, high, classes = int(y.min()), int(y.max()), logits.shape[-1]
+        if low < 0 or high >= classes:
+            return ValueError(f"Expected labels in [0, {classes}) in {where} (the model has {classes} outputs), but "
+                              f"got labels from {low} to {high}; check the dataset's labels or the model's class count.")
+    return None

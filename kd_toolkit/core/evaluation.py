@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 import torchmetrics
 from torch import Tensor
 
-from kd_toolkit.core.batch import split_batch
+from kd_toolkit.core.batch import explain_batch_error, split_batch
 
 __all__ = ["EvaluationMixin"]
 
@@ -51,15 +52,28 @@ class EvaluationMixin:
         if self.inference_pipeline is not None:
             return  # the user's pipeline evaluates whole loaders at epoch end
         x, y, _ = split_batch(batch)
-        logits = self(x)  # type: ignore[operator]  # (B, C)
         _, suffix = self._metric_key(stage, dataloader_idx)
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            name = self._names_for(stage)[min(dataloader_idx, len(self._names_for(stage)) - 1)]
+            raise ValueError(f"Expected finite {stage} inputs, but the {stage} loader {name!r} yields NaN or inf: the "
+                             f"{stage} loss and accuracy (and a checkpoint chosen on them) would be meaningless.")
+        logits = self(x)  # type: ignore[operator]  # (B, C)
+        clear = explain_batch_error(logits, y, f"the {stage} data") if logits.dim() != 2 else None
+        if clear is not None:
+            raise clear
         key = f"{stage}_acc{suffix}"
         if key not in self._metrics:
             self._metrics[key] = torchmetrics.classification.MulticlassAccuracy(
                 num_classes=logits.shape[-1], average="micro"
             ).to(self.device)
-        self._metrics[key].update(logits.detach(), y)
-        loss = self.criterion(logits, y)
+        try:
+            self._metrics[key].update(logits.detach(), y)
+            loss = self.criterion(logits, y)
+        except (IndexError, RuntimeError, ValueError) as err:
+            clear = explain_batch_error(logits, y, f"the {stage} data")
+            if clear is not None:
+                raise clear from err
+            raise
         self.log(f"{stage}_loss{suffix}", loss, on_epoch=True, sync_dist=True,  # type: ignore[attr-defined]
                  add_dataloader_idx=False, batch_size=x.shape[0])
 

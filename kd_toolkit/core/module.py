@@ -23,7 +23,7 @@ from typing_extensions import Unpack
 
 from kd_toolkit._checks import check_float, check_module, close_matches, expected, is_real
 from kd_toolkit._io import load_weights
-from kd_toolkit.core.batch import logits_of, split_batch
+from kd_toolkit.core.batch import explain_batch_error, logits_of, split_batch
 from kd_toolkit.core.evaluation import EvaluationMixin
 from kd_toolkit.core.losslog import EpochLosses, is_logging_step
 from kd_toolkit.core.resume import RNGStateCallback
@@ -224,7 +224,14 @@ class KDBaseModule(EvaluationMixin, pl.LightningModule):
     # `ModelCheckpoint(monitor="train_loss")`; mid-epoch, monitor `train_loss_step`). `train_loss` is the total.
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y, index = split_batch(batch)
-        components = self.loss_components(x, y, index)
+        try:
+            components = self.loss_components(x, y, index)
+        except (IndexError, RuntimeError, ValueError) as err:
+            with torch.no_grad():
+                clear = explain_batch_error(self(x), y, "the training data")
+            if clear is not None:
+                raise clear from err
+            raise
         weights = self.loss_weights
         total: Tensor = sum(weights[k] * v for k, v in components.items() if k in weights)  # type: ignore[assignment]
         batch_size = x.shape[0]
@@ -260,6 +267,9 @@ class KDBaseModule(EvaluationMixin, pl.LightningModule):
             self._teacher.eval()
 
     def on_train_epoch_end(self) -> None:
+        if self.epoch_losses.samples == 0:  # e.g. an IterableDataset that yields nothing (it has no length)
+            raise ValueError(f"The training data yielded no batches in epoch {self.current_epoch}: the student did "
+                             "not change. Check the training loader (an IterableDataset that yields nothing?).")
         if not self._epoch_values_logged:  # the epoch ended early (max_steps, a stop) or its length is unknown
             self._log_epoch_values()
 
@@ -292,11 +302,15 @@ class KDBaseModule(EvaluationMixin, pl.LightningModule):
         return means
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.track_grad_norm is None or self.global_step % max(1, self.trainer.log_every_n_steps):
+        # the logger writes when `(optimizer steps so far + 1) % log_every_n_steps == 0`: log on those steps
+        if self.track_grad_norm is None or (self.global_step + 1) % max(1, self.trainer.log_every_n_steps):
             return
         self.log_dict(grad_norm(self.student, norm_type=self.track_grad_norm))
 
     # ----------------------------------------------------------------------------- optimizers
+    def _teacher_parameters(self) -> list[nn.Parameter]:
+        return list(self._teacher.parameters()) if self._teacher is not None else []
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters handed to the optimizer: the student's (subclasses add e.g. hint regressors)."""
         return [p for p in self.student.parameters() if p.requires_grad]
@@ -311,6 +325,13 @@ class KDBaseModule(EvaluationMixin, pl.LightningModule):
         configured = self.optim_settings.build(self.trainable_parameters(), steps_per_epoch=per_epoch,
                                                total_steps=self.schedule_steps(per_epoch, steps))
         optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
+        if optimizer is self.optim_settings.optimizer:  # a ready instance (seed 001): it must cover the student
+            own = {id(p) for p in self.trainable_parameters()}
+            held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+            if not held & own or held - own - {id(p) for p in self._teacher_parameters()}:
+                raise ValueError("Expected the `optimizer` instance to be built over the student's parameters (e.g. "
+                                 "torch.optim.SGD(student.parameters(), ...)), but it holds other parameters: the "
+                                 "student would never change.")
         if self._teacher is not None:
             teacher_ids = {id(p) for p in self._teacher.parameters()}
             if any(id(p) in teacher_ids for g in optimizer.param_groups for p in g["params"]):

@@ -1,0 +1,110 @@
+"""Checkpoints that are really atomic, carry a digest, and a best/last callback whose paths never point at a
+file that was not written.
+
+* :class:`SafeCheckpointIO` writes every checkpoint through a temporary file in the target directory,
+  ``fsync``, ``os.replace`` (:func:`kd_toolkit._io.atomic_write`), stores a digest of the saved weights and
+  verifies it on load; it always loads with ``weights_only=True``.
+* :class:`SafeModelCheckpoint` is Lightning's ``ModelCheckpoint`` whose paths (``best_model_path``,
+  ``last_model_path``, ...) are restored when a save fails, so they keep naming the previous, complete files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities import rank_zero_warn
+
+from kd_toolkit._io import DIGEST_KEY, atomic_write, check_digest, load_torch, state_digest
+
+__all__ = ["InterruptCheckpoint", "MonitorCheck", "SafeCheckpointIO", "SafeModelCheckpoint"]
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Atomic, digested checkpoint files; safe (``weights_only``) loading.
+
+    Example:
+        >>> io = SafeCheckpointIO()
+        >>> path = getfixture("tmp_path") / "x.ckpt"
+        >>> io.save_checkpoint({"state_dict": {"w": torch.ones(2)}}, path)
+        >>> io.load_checkpoint(path)["state_dict"]["w"].tolist()
+        [1.0, 1.0]
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take `storage_options`, but got {storage_options!r}.")
+        checkpoint = {**checkpoint, DIGEST_KEY: state_digest(checkpoint.get("state_dict", {}))}
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+
+    def load_checkpoint(self, path: Any, map_location: Callable[..., Any] | Any = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        if weights_only is False:
+            raise ValueError("kd_toolkit loads checkpoints with `weights_only=True` only (no pickled code is run).")
+        checkpoint = load_torch(path, what="checkpoint")
+        check_digest(checkpoint, path)
+        return checkpoint
+
+
+class SafeModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose recorded paths survive a failed write unchanged (the failure still raises)."""
+
+    def _guarded(self, hook: Callable[..., None], *args: Any) -> None:
+        before = {**self.state_dict(), "best_k_models": dict(self.best_k_models)}  # a copy: saving mutates it
+        try:
+            hook(*args)
+        except BaseException:
+            self.load_state_dict(before)  # paths and scores as they were: they name complete files
+            raise
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self._guarded(super().on_train_batch_end, trainer, pl_module, *args)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._guarded(super().on_train_epoch_end, trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._guarded(super().on_validation_end, trainer, pl_module)
+
+
+class MonitorCheck(pl.Callback):
+    """Fail early, with the names that exist, when the checkpoint ``monitor`` names a metric no loader logs.
+
+    Checked when the first validation (the sanity check included) or, for a ``train_*`` monitor, the first
+    training epoch ends; Lightning itself would only fail after a whole epoch with a less helpful message.
+    """
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor
+        self._checked = False
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        if self._checked:
+            return
+        logged = sorted(trainer.callback_metrics)
+        if self.monitor not in logged:
+            raise ValueError(f"Expected `monitor` to name a logged metric, but {self.monitor!r} is not logged; the "
+                             f"metrics logged are {logged}.")
+        self._checked = True
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.monitor.startswith("train"):
+            self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.monitor.startswith("train"):
+            self._check(trainer)
+
+
+class InterruptCheckpoint(OnExceptionCheckpoint):
+    """Lightning's ``OnExceptionCheckpoint`` (Ctrl-C or an exception during ``fit`` writes a resumable
+    checkpoint) that also says where the file is."""
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        rank_zero_warn(f"Training stopped ({type(exception).__name__}); a resumable checkpoint was written to "
+                       f"{self.ckpt_path!r}: pass it as `resume_from_checkpoint` to continue.")
