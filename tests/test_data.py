@@ -32,6 +32,7 @@ from kd_toolkit.data import (
     load_mnist_idx,
     make_loader,
     passthrough_collate,
+    split_sizes,
     stratified_split,
     with_sample_indices,
 )
@@ -130,6 +131,28 @@ def test_stratified_split_proportions_determinism_randomness():
 def test_stratified_split_bad_fractions(fractions):
     with pytest.raises(ValueError, match="Expected `fractions` to be positive floats summing to 1"):
         stratified_split([0, 1, 0, 1], fractions, seed=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+@pytest.mark.parametrize("fractions", [[0.8, 0.2], [0.6, 0.15, 0.25]])
+def test_stratified_split_keeps_class_proportions(seed, fractions):
+    labels = np.random.default_rng(seed).permutation(np.repeat([0, 1, 2, 3], [300, 60, 25, 15]))  # imbalanced
+    parts = stratified_split(labels, fractions, seed=seed)
+    assert [len(p) for p in parts] == split_sizes(len(labels), fractions)
+    for part, frac in zip(parts, fractions):
+        counts = np.bincount(labels[part], minlength=4)
+        assert np.abs(counts - np.bincount(labels) * frac).max() <= 1  # every class keeps its share
+
+
+def test_split_sizes_round_by_largest_remainder():
+    assert split_sizes(1797, [0.6, 0.15, 0.25]) == [1078, 270, 449]
+    assert split_sizes(527, [0.7, 0.1, 0.2]) == [369, 53, 105]
+    assert sum(split_sizes(10, [1 / 3] * 3)) == 10
+
+
+def test_stratified_split_refuses_classes_too_small_to_stratify():
+    with pytest.raises(ValueError, match="Expected every class to have at least 2 samples"):
+        stratified_split([0, 0, 0, 0, 1], [0.6, 0.4], seed=0)
 
 
 def test_stratified_split_needs_1d_labels():

@@ -1,4 +1,4 @@
-"""Plot, table and report helpers of ``kd_toolkit.report`` on small fake inputs (no training)."""
+"""Plot, table and report helpers of ``kd_toolkit.pipeline.report`` on small fake inputs (no training)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from rich.console import Console
 from kd_toolkit.data import make_loader
 from kd_toolkit.models import create_model
 from kd_toolkit.pipeline import evaluate_all_models, load_pipeline_model
-from kd_toolkit.report import (
-    _pick_examples,
+from kd_toolkit.pipeline.plots import _pick_examples
+from kd_toolkit.pipeline.report import (
     comparison_rows,
     plot_accuracy_comparison,
     plot_confusion_matrices,
@@ -63,7 +63,8 @@ def test_write_json_handles_numpy_and_tensors(tmp_path):
 
 
 def test_write_json_rejects_unknown_objects(tmp_path):
-    with pytest.raises(TypeError, match="not JSON serializable"):
+    # write_json is kd_toolkit._io's now, whose message spells "serialisable" (Python's json: "serializable")
+    with pytest.raises(TypeError, match="not JSON seriali[sz]able"):
         write_json({"a": object()}, tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()
 
@@ -186,3 +187,17 @@ def test_evaluate_all_models_matches_a_hand_computation():
     assert result["confusion_matrix"] == cm.tolist()
     assert result["per_class_accuracy"] == pytest.approx([cm[c, c] / cm[c].sum() for c in range(3)])
     assert result["params"] == 15
+
+
+def test_kd_toolkit_report_is_a_deprecated_alias_of_pipeline_report():
+    import importlib
+    import sys
+
+    import kd_toolkit.pipeline.report as new
+
+    sys.modules.pop("kd_toolkit.report", None)  # the warning comes with the first import
+    with pytest.warns(DeprecationWarning, match=r"kd_toolkit\.report is deprecated; import from kd_toolkit\.pipeline\.report"):
+        old = importlib.import_module("kd_toolkit.report")
+    assert old.__all__ == new.__all__
+    for name in old.__all__:
+        assert getattr(old, name) is getattr(new, name), name
