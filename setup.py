@@ -20,7 +20,7 @@ setup(
     py_modules=["knowledge_distilation"],
     include_package_data=True,
     install_requires=[
-        "torch>=2.1",
+        "torch>=2.6",  # the first torch whose torch.load defaults to weights_only=True
         "torchvision",
         "pytorch-lightning>=2.2",
         "torchmetrics>=1.0",

@@ -244,10 +244,14 @@ class OptimizerSettings:
             grad_norm = check_float("track_grad_norm", grad_norm, minimum=0, open_low=True)
         scheduler_kwargs = check_mapping("scheduler_kwargs", args["scheduler_kwargs"])
         check_keys("scheduler_kwargs", scheduler_kwargs, _SCHEDULER_KEYS)
+        optimizer_kwargs = check_mapping("optimizer_kwargs", args["optimizer_kwargs"])
+        spec = args["optimizer"]
+        if not isinstance(spec, Optimizer):  # checked now, not when training starts
+            _check_optimizer_kwargs(OPTIMIZER_PRESETS[spec][0] if isinstance(spec, str) else spec, optimizer_kwargs)
         return cls(
-            optimizer=args["optimizer"],
+            optimizer=spec,
             lr=check_float("lr", args["lr"], minimum=0, open_low=True),
-            optimizer_kwargs=check_mapping("optimizer_kwargs", args["optimizer_kwargs"]),
+            optimizer_kwargs=optimizer_kwargs,
             scheduler=check_scheduler_name(args["scheduler"]),
             warmup_epochs=check_int("warmup_epochs", args["warmup_epochs"], minimum=0),
             warmup_steps=check_int("warmup_steps", args["warmup_steps"], minimum=0),

@@ -272,7 +272,17 @@ class KnowledgeDistillationTraining:
             else:
                 self.trainer.fit(self.module, train_dataloaders=self.train_loader,
                                  val_dataloaders=self.val_loaders, ckpt_path=self.ckpt_path, weights_only=True)
+        self._sync_paths_after_spawn()
         return self
+
+    def _sync_paths_after_spawn(self) -> None:
+        # Under `ddp_spawn` the workers train; Lightning sends back the weights and the best path, not the
+        # last one: find it where the workers wrote it.
+        callback = self.checkpoint_callback
+        if callback is not None and not callback.last_model_path and callback.dirpath:
+            last = Path(callback.dirpath) / "last.ckpt"
+            if last.is_file():
+                callback.last_model_path = str(last)
 
     def test(self, ckpt: str | None = "best") -> list[Mapping[str, float]]:
         """Evaluate on the test loaders (or the datamodule's) with the ``"best"`` or ``"last"`` weights,

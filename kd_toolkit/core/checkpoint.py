@@ -83,9 +83,9 @@ class MonitorCheck(pl.Callback):
         self._checked = False
 
     def _check(self, trainer: pl.Trainer) -> None:
-        if self._checked:
-            return
         logged = sorted(trainer.callback_metrics)
+        if self._checked or not logged:  # nothing logged at all: another check says why (e.g. no batches)
+            return
         if self.monitor not in logged:
             raise ValueError(f"Expected `monitor` to name a logged metric, but {self.monitor!r} is not logged; the "
                              f"metrics logged are {logged}.")
@@ -105,6 +105,8 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
     checkpoint) that also says where the file is."""
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if trainer.global_step == 0:  # nothing trained yet (e.g. bad input found by a check): nothing to keep
+            return
         super().on_exception(trainer, pl_module, exception)
         rank_zero_warn(f"Training stopped ({type(exception).__name__}); a resumable checkpoint was written to "
                        f"{self.ckpt_path!r}: pass it as `resume_from_checkpoint` to continue.")

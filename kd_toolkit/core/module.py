@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 from typing_extensions import Unpack
 
 from kd_toolkit._checks import check_float, check_module, close_matches, expected, is_real
-from kd_toolkit._io import load_weights
+from kd_toolkit._io import check_digest, load_torch, load_weights
 from kd_toolkit.core.batch import explain_batch_error, logits_of, split_batch
 from kd_toolkit.core.evaluation import EvaluationMixin
 from kd_toolkit.core.losslog import EpochLosses, is_logging_step
@@ -160,14 +161,22 @@ class KDBaseModule(EvaluationMixin, pl.LightningModule):
         # objects stay out (`hparams_ignore`); the optimizer is recorded by name: a preset rebuilds on
         # `load_from_checkpoint`, a class is only named (`optimizer_name`): pass `optimizer=` again to rebuild it.
         self.save_hyperparameters(ignore=list(self.hparams_ignore), frame=frame)
-        settings = dataclasses.asdict(self.optim_settings)  # the resolved values, defaults included
-        settings.pop("optimizer")
-        self.hparams.update(settings)
-        spec = self.optim_settings.optimizer
-        if isinstance(spec, str):
-            self.hparams["optimizer"] = spec
-        else:
-            self.hparams["optimizer_name"] = optimizer_name(spec)
+        complete = {**self.hparams, **dataclasses.asdict(self.optim_settings)}  # resolved values, defaults included
+        spec = complete.pop("optimizer")
+        complete["optimizer" if isinstance(spec, str) else "optimizer_name"] = optimizer_name(spec)
+        self.save_hyperparameters(complete)  # saved again as a whole, so hparams.yaml and the loggers get it all
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+                             strict: bool | None = None, weights_only: bool | None = True, **kwargs: Any) -> Any:
+        """Lightning's ``load_from_checkpoint``, always with ``weights_only=True`` (no pickled code runs, whatever
+        torch's default) and with the digest that kd_toolkit stores in its checkpoints verified."""
+        if weights_only is False:
+            raise ValueError("Expected `weights_only` to be True: kd_toolkit never unpickles code from a checkpoint.")
+        if isinstance(checkpoint_path, (str, os.PathLike)):
+            check_digest(load_torch(str(checkpoint_path), what="checkpoint"), str(checkpoint_path))
+        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only=True,
+                                            **kwargs)
 
     # ----------------------------------------------------------------------------- settings (read-only views)
     @property
@@ -293,7 +302,11 @@ class KDBaseModule(EvaluationMixin, pl.LightningModule):
 
     def epoch_loss_per_sample(self) -> float:
         """Average training loss per sample over the last epoch (summed over DDP ranks)."""
-        return float(self.epoch_losses.means(self._reduce_sum()).get("train_loss", 0.0))
+        means = self.epoch_losses.means(self._reduce_sum())
+        if "train_loss" not in means and attached_trainer(self) is not None:  # e.g. the parent of `ddp_spawn`
+            logged = self.trainer.callback_metrics.get("train_loss")
+            return float(logged) if logged is not None else 0.0
+        return float(means.get("train_loss", 0.0))
 
     def epoch_component_means(self) -> dict[str, float]:
         """Per-sample mean of every loss component over the current/last training epoch (DDP-summed)."""

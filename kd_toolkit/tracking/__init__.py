@@ -15,13 +15,16 @@ server answers and accepts the key; otherwise it uses Comet's real offline mode,
 
 from __future__ import annotations
 
+import csv
 import os
+import warnings
 from argparse import Namespace
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+from pytorch_lightning.loggers import CSVLogger as LightningCSVLogger
+from pytorch_lightning.loggers import Logger, TensorBoardLogger
 
 from kd_toolkit.tracking.comet import CometInfo, build_comet_logger, comet_server_reachable, read_comet_info
 
@@ -30,6 +33,29 @@ __all__ = [
 ]
 
 _PRIMITIVES = (bool, int, float, str)
+
+
+class CSVLogger(LightningCSVLogger):
+    """Lightning's ``CSVLogger`` that, in a run folder which already has a ``metrics.csv`` (a resumed run),
+    continues it instead of deleting it: the earlier rows are kept, then the new ones follow."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        path = Path(self.log_dir) / "metrics.csv"
+        self._previous_rows: list[dict[str, str]] = []
+        if path.is_file():
+            with open(path, newline="", encoding="utf-8") as handle:
+                self._previous_rows = [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
+
+    @property
+    def experiment(self) -> Any:
+        with warnings.catch_warnings():  # "... will be deleted": not so, the rows are kept below
+            warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+            writer = super().experiment  # Lightning's writer removes the old file here ...
+        if self._previous_rows:  # ... so its rows go first into what the writer saves next
+            writer.metrics[:0] = self._previous_rows
+            self._previous_rows = []
+        return writer
 
 
 def _resolve_version(root: Path, version: int | str | None) -> str:

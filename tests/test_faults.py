@@ -1,0 +1,151 @@
+"""Faults: corrupt files are detected, failed writes leave the previous files and paths as they were, no load path
+runs pickled code, resumed runs continue their history, hyperparameters and gradient norms reach the logs."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from kd_toolkit import DistillationModule, KnowledgeDistillationTraining
+from kd_toolkit._io import load_weights
+from tests.conftest import TinyMLP
+
+FAST = dict(enable_progress_bar=False, quiet=True, num_gpu_used=0)
+
+
+def _run(tmp_path, loaders, **kwargs):
+    base = dict(student_model=TinyMLP(), train_data_loader=loaders("train"), val_data_loaders={"val": loaders("val")},
+                max_epoch=1, default_root_dir=tmp_path, limit_train_batches=3, **FAST)
+    return KnowledgeDistillationTraining(**{**base, **kwargs})
+
+
+def _flip_tensor_bytes(path: Path, count: int = 64) -> None:
+    """Overwrite ``count`` bytes in the middle of the largest tensor record of a torch zip file."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(path, "r+b") as handle:
+        handle.seek(info.header_offset)
+        header = handle.read(30)
+        start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+        handle.seek(start + info.file_size // 2)
+        handle.write(bytes(255 - b for b in handle.read(count)[:count]) if False else os.urandom(count))
+
+
+def test_flipped_bytes_in_a_checkpoint_are_detected_on_every_load_path(tmp_path, loaders):
+    kd = _run(tmp_path, loaders)
+    kd.fit()
+    last = Path(kd.last_checkpoint)
+    torch.load(last, weights_only=True)  # still a readable torch file ...
+    _flip_tensor_bytes(last)
+    torch.load(last, weights_only=True)  # ... even after the damage: only the digest can tell
+    with pytest.raises(ValueError, match=r"last\.ckpt.*is corrupt.*digest"):
+        _run(tmp_path, loaders, resume_from_checkpoint=str(last))
+    with pytest.raises(ValueError, match=r"last\.ckpt.*is corrupt.*digest"):
+        load_weights(TinyMLP(), last)
+    with pytest.raises(ValueError, match=r"last\.ckpt.*is corrupt.*digest"):
+        DistillationModule.load_from_checkpoint(last, student=TinyMLP())
+
+
+def test_a_write_that_fails_half_way_leaves_files_and_paths_as_they_were(tmp_path, loaders, monkeypatch):
+    kd = _run(tmp_path, loaders, max_epoch=2)
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def save_then_fail(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2:  # epoch 0 (best + last) succeeds; the first write of epoch 1 fails after writing
+            real_save(obj, f, *args, **kwargs)
+            with open(f, "r+b") as handle:
+                handle.truncate(4096)  # a half-written file, as on a full disk
+            raise OSError("No space left on device (simulated)")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        kd.fit()
+    monkeypatch.undo()
+    best, last = kd.best_checkpoint, kd.last_checkpoint
+    assert best and last and Path(best).is_file() and Path(last).is_file()
+    for path in (best, last):  # both complete and loadable, from epoch 0
+        assert torch.load(path, weights_only=True)["epoch"] == 0
+    assert not [p.name for p in kd.checkpoint_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+class _Payload:
+    """Unpickling this runs code: it creates the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _crafted_checkpoint(path: Path, marker: Path, template: Path) -> None:
+    checkpoint = torch.load(template, weights_only=True)
+    checkpoint["hyper_parameters"] = {"evil": _Payload(marker)}
+    torch.save(checkpoint, path)
+
+
+def test_no_load_path_runs_a_pickled_payload_even_when_torch_is_told_to(tmp_path, loaders, monkeypatch):
+    kd = _run(tmp_path, loaders)
+    kd.fit()
+    marker = tmp_path / "pwned"
+    evil, clean = tmp_path / "evil.ckpt", tmp_path / "clean.ckpt"
+    clean.write_bytes(Path(kd.last_checkpoint).read_bytes())
+    _crafted_checkpoint(evil, marker, clean)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch.load's default would now unpickle code
+    with pytest.raises(ValueError):  # 1. the constructor's resume check
+        _run(tmp_path, loaders, resume_from_checkpoint=str(evil))
+    resumed = _run(tmp_path, loaders, resume_from_checkpoint=kd.last_checkpoint, max_epoch=2)
+    _crafted_checkpoint(Path(resumed.ckpt_path), marker, clean)  # 2. replaced after the check
+    with pytest.raises(ValueError):
+        resumed.fit()
+    _crafted_checkpoint(Path(kd.best_checkpoint), marker, clean)  # 3. test("best")
+    with pytest.raises(ValueError):
+        kd.test("best")
+    with pytest.raises(ValueError):  # 4. load_from_checkpoint, even without weights_only=
+        DistillationModule.load_from_checkpoint(evil, student=TinyMLP())
+    with pytest.raises(ValueError):  # 5. the weights loader
+        load_weights(TinyMLP(), evil)
+    assert not marker.exists()
+
+
+def test_resuming_continues_the_runs_own_history(tmp_path, loaders):
+    first = _run(tmp_path, loaders, max_epoch=1)
+    first.fit()
+    resumed = _run(tmp_path, loaders, max_epoch=3, resume_from_checkpoint="last")
+    resumed.fit()
+    assert resumed.run_dir == first.run_dir  # the same version_N folder, one metrics.csv
+    with open(resumed.run_dir / "metrics.csv") as handle:
+        epochs = sorted({int(r["epoch"]) for r in csv.DictReader(handle) if r.get("val_acc")})
+    assert epochs == [0, 1, 2]
+
+
+def test_hparams_hold_every_argument_that_changes_the_result(tmp_path, loaders):
+    kd = _run(tmp_path, loaders, optimize_method="sgd", learning_rate=0.05, seed=7, accumulate_grad_batches=2,
+              teacher_model=TinyMLP(), temperature=3.0)
+    kd.fit()
+    saved = yaml.safe_load((kd.run_dir / "hparams.yaml").read_text())
+    flat = {**saved, **{k.split("/", 1)[1]: v for k, v in saved.items() if k.startswith("run/")}}
+    for key, value in {"optimizer": "sgd", "lr": 0.05, "seed": 7, "max_epoch": 1, "batch_size": 64,
+                       "accumulate_grad_batches": 2, "precision": "32-true", "temperature": 3.0}.items():
+        assert flat.get(key) == value, (key, flat.get(key))
+
+
+def test_gradient_norms_reach_the_csv_on_every_logging_step(tmp_path, loaders):
+    kd = _run(tmp_path, loaders, limit_train_batches=9, log_every_n_steps=3, track_grad_norm=2, max_epoch=2)
+    kd.fit()
+    with open(kd.run_dir / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    step_rows = [r for r in rows if r.get("train_loss_step")]
+    norm_key = next(k for k in rows[0] if k.startswith("grad_2.0_norm"))
+    assert len(step_rows) == 6  # steps 2, 5, 8 of two epochs
+    assert all(r.get(norm_key) for r in step_rows), [(r["step"], r.get(norm_key)) for r in step_rows]
