@@ -76,3 +76,8 @@ class RNGStateCallback(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pending = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        done = getattr(trainer.train_dataloader, "batch_done", None)  # a ResumableDataLoader counts its batches
+        if callable(done):
+            done()

@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from kd_toolkit.core.batch import logits_of, split_batch
+from kd_toolkit.core.loaders import rebuild_loader
 
 __all__ = ["IndexedDataset", "build_teacher_cache", "cached_training_loader", "find_random_transform",
            "with_sample_indices"]
@@ -100,23 +101,7 @@ def with_sample_indices(loader: DataLoader) -> DataLoader:
     if isinstance(loader.dataset, IterableDataset):
         raise ValueError("Expected a loader over a map-style dataset, but got an IterableDataset: sample "
                          "indices are undefined for it. Use a map-style dataset to cache teacher outputs.")
-    if loader.batch_size is not None:
-        sampling: dict[str, Any] = {"batch_size": loader.batch_size, "sampler": loader.sampler,
-                                    "drop_last": loader.drop_last}
-    elif loader.batch_sampler is not None:
-        sampling = {"batch_sampler": loader.batch_sampler}
-    else:
-        sampling = {"batch_size": None, "sampler": loader.sampler}
-    workers: dict[str, Any] = {k: getattr(loader, k) for k in ("pin_memory_device", "in_order") if hasattr(loader, k)}
-    if loader.num_workers > 0:
-        workers |= {"prefetch_factor": loader.prefetch_factor, "persistent_workers": loader.persistent_workers,
-                   "multiprocessing_context": loader.multiprocessing_context}
-    return DataLoader(
-        IndexedDataset(loader.dataset), **sampling, num_workers=loader.num_workers,
-        collate_fn=_IndexedCollate(loader.collate_fn),
-        pin_memory=loader.pin_memory, timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
-        generator=loader.generator, **workers,
-    )
+    return rebuild_loader(loader, dataset=IndexedDataset(loader.dataset), collate_fn=_IndexedCollate(loader.collate_fn))
 
 
 # ------------------------------------------------------------------------------------- augmentation
