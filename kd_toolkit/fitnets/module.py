@@ -145,6 +145,9 @@ class FitNetsModule(DistillationModule):
     """
 
     loss_names = ("hard_loss", "kd_loss", "hint_loss")
+    #: the parent's arguments FitNets sets itself (from ``alpha``/``beta``) are not hyperparameters of its own, so
+    #: ``load_from_checkpoint`` can pass the saved ones back to ``__init__``.
+    hparams_ignore = (*DistillationModule.hparams_ignore, "loss_weights", "cache_teacher_outputs")
 
     def __init__(
         self,
