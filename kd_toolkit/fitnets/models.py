@@ -61,13 +61,8 @@ def resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
 
 @register_model("ResNet50")
 def resnet50(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """torchvision ResNet-50, randomly initialised (``weights=None``).
-
-    Hint layers by path: ``"layer1"`` ... ``"layer4"`` (``"layer4"`` gives ``(B, 2048, H/32, W/32)``).
-
-    Args:
-        num_classes: Number of output logits.
-        in_channels: Input channels; the stem convolution is replaced when it is not 3.
+    """torchvision ResNet-50, randomly initialised; arguments and hint paths as for :func:`resnet18`
+    (``"layer4"`` gives ``(B, 2048, H/32, W/32)``).
 
     Example:
         >>> import torch
@@ -202,15 +197,9 @@ class ThinDeepCNN(nn.Module):
         super().__init__()
         _check_sizes(num_classes, in_channels)
         check_int("width", width, minimum=1)
-        widths = [width, width] + [2 * width] * 5
-        pools = {1, 4}
-        blocks, cin = [], in_channels
-        for i, cout in enumerate(widths):
-            blocks.append(_conv_bn_relu(cin, cout, kernel=3, pool=i in pools))
-            cin = cout
-        self.features = nn.Sequential(*blocks)
+        self.features = _conv_stack(in_channels, [width, width] + [2 * width] * 5, pools={1, 4})
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(cin, num_classes)
+        self.classifier = nn.Linear(2 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)  # (B, 2w, H/4, W/4)
@@ -246,16 +235,10 @@ class WideCNN(nn.Module):
         _check_sizes(num_classes, in_channels)
         check_int("width", width, minimum=1)
         check_float("dropout", dropout, minimum=0, maximum=1, open_high=True)
-        widths = [width, 2 * width, 2 * width, 2 * width]
-        pools = {0, 2}
-        blocks, cin = [], in_channels
-        for i, cout in enumerate(widths):
-            blocks.append(_conv_bn_relu(cin, cout, kernel=3, pool=i in pools))
-            cin = cout
-        self.features = nn.Sequential(*blocks)
+        self.features = _conv_stack(in_channels, [width] + [2 * width] * 3, pools={0, 2})
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(cin, num_classes)
+        self.classifier = nn.Linear(2 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)  # (B, 2w, H/4, W/4)
@@ -354,6 +337,15 @@ def _resnet(arch: str, num_classes: int, in_channels: int) -> nn.Module:
         # Same init as torchvision gives its own stem.
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     return model
+
+
+def _conv_stack(in_channels: int, widths: list[int], pools: set[int]) -> nn.Sequential:
+    """3x3 conv-BN-ReLU blocks of ``widths``; block ``i`` ends with 2x2 max pooling when ``i`` is in ``pools``."""
+    blocks, cin = [], in_channels
+    for i, cout in enumerate(widths):
+        blocks.append(_conv_bn_relu(cin, cout, kernel=3, pool=i in pools))
+        cin = cout
+    return nn.Sequential(*blocks)
 
 
 def _conv_bn_relu(

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kd_toolkit._checks import is_int
 from kd_toolkit.fitnets.taps import feature_shapes
 from kd_toolkit.losses import hint_loss
 
@@ -238,11 +239,7 @@ def build_hint_regressors(
 def _spatial_size(size: int | Sequence[int] | torch.Size) -> tuple[int, int]:
     if isinstance(size, int) and not isinstance(size, bool):
         size = (size, size)
-    if (
-        not isinstance(size, Sequence)
-        or len(size) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
-    ):
+    if not isinstance(size, Sequence) or len(size) != 2 or not all(is_int(s) and s > 0 for s in size):
         raise ValueError(f"Expected `size` to be a positive int or a pair (H, W) of them, but got {size!r}.")
     return int(size[0]), int(size[1])
 
@@ -253,9 +250,7 @@ def _check_shapes(
     """Validate a pair of per-sample shapes; both ``(C, H, W)`` or both ``(D,)``."""
     shapes = []
     for name, shape in (("student_shape", student_shape), ("teacher_shape", teacher_shape)):
-        if not isinstance(shape, Sequence) or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape
-        ):
+        if not isinstance(shape, Sequence) or not all(is_int(s) and s > 0 for s in shape):
             raise ValueError(f"Expected `{name}` to be a sequence of positive ints, but got {shape!r}.")
         shapes.append(tuple(int(s) for s in shape))
     s_shape, t_shape = shapes

@@ -20,7 +20,7 @@ import inspect
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 import torch
@@ -51,6 +51,9 @@ from kd_toolkit.fitnets.seed_utils import (
     validate,
     visualize_feature_maps,
 )
+
+if TYPE_CHECKING:
+    from kd_toolkit.training import KnowledgeDistillationTraining
 
 __all__ = [
     "DEFAULT_CONFIG", "build_fitnets_module", "compute_fitnets_loss", "create_fitnets_config",
@@ -91,12 +94,7 @@ def train_fitnets(config: Mapping[str, Any] | None = None, train_loader: DataLoa
         raise ValueError(f"Expected `config` to be a dict (see create_fitnets_config), but got {type(config).__name__}.")
     started = time.time()
     cfg = create_fitnets_config(**dict(config or {}))
-    ckpt_path, resumed = resume_checkpoint(cfg)
-    if resumed.get("architecture") not in (None, cfg["model"]):
-        raise ValueError(f"Expected `resume` to continue a {cfg['model']} run, but it holds a {resumed['architecture']}; "
-                         "resume with the config of that run.")
-    exp = cfg["experiment_name"] = (cfg["experiment_name"] or resumed.get("experiment_name")
-                                    or f"fitnets_{cfg['model']}_{time.strftime('%Y%m%d_%H%M%S')}")
+    ckpt_path = _resume(cfg)
     hardware = hardware_kwargs(cfg["device"])
     if cfg["seed"] is not None:
         pl.seed_everything(cfg["seed"], workers=True, verbose=False)  # model initialisation is seeded too
@@ -109,18 +107,9 @@ def train_fitnets(config: Mapping[str, Any] | None = None, train_loader: DataLoa
     module = seed_module(cfg, student, teacher, example)
     meta = {"architecture": cfg["model"], "num_classes": cfg["num_classes"], "in_channels": cfg["in_channels"],
             "image_size": cfg["image_size"], "kd_toolkit_fitnets": 1}
-    outputs = SeedOutputs(Path(cfg["save_dir"]), Path(cfg["log_dir"]), exp, meta, primitive_config(cfg), cfg["save_freq"],
-                          cfg["print_freq"])
-    from kd_toolkit.training import KnowledgeDistillationTraining
-
-    kd = KnowledgeDistillationTraining(
-        module=module, train_data_loader=train_loader, val_data_loaders={"val": val_loader},
-        test_data_loaders={"test": test_loader} if test_loader is not None else None, max_epoch=cfg["epochs"],
-        seed=cfg["seed"], precision=cfg["precision"], deterministic=cfg["deterministic"],
-        resume_from_checkpoint=ckpt_path or "", default_root_dir=cfg["log_dir"], experiment_name=exp, tensorboard=True,
-        callbacks=[outputs], quiet=not cfg["verbose"], enable_progress_bar=cfg["verbose"],
-        log_every_n_steps=max(1, min(cfg["print_freq"], loader_length(train_loader))), **hardware,
-    )
+    outputs = SeedOutputs(Path(cfg["save_dir"]), Path(cfg["log_dir"]), cfg["experiment_name"], meta,
+                          primitive_config(cfg), cfg["save_freq"], cfg["print_freq"])
+    kd = _orchestrator(cfg, module, (train_loader, val_loader, test_loader), outputs, ckpt_path, hardware)
     kd.fit()
     test_results = None
     if test_loader is not None:
@@ -128,19 +117,53 @@ def train_fitnets(config: Mapping[str, Any] | None = None, train_loader: DataLoa
         test_results = {"accuracy": result.get("test_acc"), "loss": result.get("test_loss")}
     elif kd.best_checkpoint:
         kd.get_student_model(best=True)
+    if kd.trainer.is_global_zero:
+        _write_summary(cfg, kd, outputs, test_results, ckpt_path, time.time() - started)
+    return {"model": student, "teacher_model": teacher, "best_accuracy": outputs.best_accuracy,
+            "training_history": outputs.history, "test_results": test_results, "config": cfg,
+            "experiment_name": cfg["experiment_name"]}
+
+
+def _resume(cfg: dict[str, Any]) -> str | None:
+    """The Lightning checkpoint to resume from (or ``None``), with ``experiment_name`` resolved in ``cfg``."""
+    ckpt_path, resumed = resume_checkpoint(cfg)
+    if resumed.get("architecture") not in (None, cfg["model"]):
+        raise ValueError(f"Expected `resume` to continue a {cfg['model']} run, but it holds a {resumed['architecture']}; "
+                         "resume with the config of that run.")
+    cfg["experiment_name"] = (cfg["experiment_name"] or resumed.get("experiment_name")
+                              or f"fitnets_{cfg['model']}_{time.strftime('%Y%m%d_%H%M%S')}")
+    return ckpt_path
+
+
+def _orchestrator(cfg: dict[str, Any], module: pl.LightningModule, loaders: tuple[Any, Any, Any],
+                  outputs: SeedOutputs, ckpt_path: str | None, hardware: dict[str, Any]) -> KnowledgeDistillationTraining:
+    from kd_toolkit.training import KnowledgeDistillationTraining
+
+    train, val, test = loaders
+    return KnowledgeDistillationTraining(
+        module=module, train_data_loader=train, val_data_loaders={"val": val},
+        test_data_loaders={"test": test} if test is not None else None, max_epoch=cfg["epochs"],
+        seed=cfg["seed"], precision=cfg["precision"], deterministic=cfg["deterministic"],
+        resume_from_checkpoint=ckpt_path or "", default_root_dir=cfg["log_dir"], experiment_name=cfg["experiment_name"],
+        tensorboard=True, callbacks=[outputs], quiet=not cfg["verbose"], enable_progress_bar=cfg["verbose"],
+        log_every_n_steps=max(1, min(cfg["print_freq"], loader_length(train))), **hardware,
+    )
+
+
+def _write_summary(cfg: dict[str, Any], kd: KnowledgeDistillationTraining, outputs: SeedOutputs, test_results: dict[str, Any] | None,
+                   ckpt_path: str | None, seconds: float) -> None:
+    """``log_dir/{experiment}_summary.json`` (atomic)."""
+    exp, history = cfg["experiment_name"], outputs.history
     summary = {
         "experiment_name": exp, "best_accuracy": outputs.best_accuracy, "best_epoch": outputs.best_epoch,
-        "final_accuracy": outputs.history[-1]["val_acc"] if outputs.history else None,
-        "epochs_trained": len(outputs.history), "test_results": test_results, "resumed_from": ckpt_path,
-        "time_s": round(time.time() - started, 2), "config": primitive_config(cfg), "training_history": outputs.history,
+        "final_accuracy": history[-1]["val_acc"] if history else None, "epochs_trained": len(history),
+        "test_results": test_results, "resumed_from": ckpt_path, "time_s": round(seconds, 2),
+        "config": primitive_config(cfg), "training_history": history,
         "files": {"best": str(outputs.path("best")), "final": str(outputs.path("final")),
                   "log": str(Path(cfg["log_dir"]) / f"{exp}.log"), "run_dir": str(kd.run_dir),
                   "lightning_last": kd.last_checkpoint},
     }
-    if kd.trainer.is_global_zero:
-        write_json(summary, Path(cfg["log_dir"]) / f"{exp}_summary.json")
-    return {"model": student, "teacher_model": teacher, "best_accuracy": outputs.best_accuracy,
-            "training_history": outputs.history, "test_results": test_results, "config": cfg, "experiment_name": exp}
+    write_json(summary, Path(cfg["log_dir"]) / f"{exp}_summary.json")
 
 
 def _data(cfg: dict[str, Any], train: DataLoader | None, val: DataLoader | None,
