@@ -1,8 +1,8 @@
 """FitNets benchmark on MNIST: plain vs KD vs one-stage FitNets vs two-stage FitNets (Romero et al., ICLR 2015).
 
 The 10,000 MNIST test images (torchvision's raw files in ``../shared/data/mnist-test``) are split stratified
-8,000 train / 2,000 test with a fixed seed. A wide CNN teacher (:class:`~kd_toolkit.fitnets_models.WideCNN`) is
-trained once per run and shared by every arm; a thin, deeper student (:class:`~kd_toolkit.fitnets_models.ThinDeepCNN`)
+8,000 train / 2,000 test with a fixed seed. A wide CNN teacher (:class:`~kd_toolkit.fitnets.models.WideCNN`) is
+trained once per run and shared by every arm; a thin, deeper student (:class:`~kd_toolkit.fitnets.models.ThinDeepCNN`)
 is trained in four arms, each with the same seeds (so every arm starts from the same student weights):
 
 * ``plain``: labels only;
@@ -84,8 +84,8 @@ def _module(arm: str, teacher: torch.nn.Module | None, hint_epochs: int) -> Any:
     import pytorch_lightning as pl  # noqa: F401  (imported for its side effects on warnings filters)
 
     from kd_toolkit.distillation import DistillationModule
-    from kd_toolkit.fitnets_models import ThinDeepCNN
-    from kd_toolkit.modules.fitnets import FitNetsModule
+    from kd_toolkit.fitnets.models import ThinDeepCNN
+    from kd_toolkit.fitnets.module import FitNetsModule
 
     h = HPARAMS
     common = dict(optimizer="sgd", lr=h["lr"], optimizer_kwargs={"momentum": h["momentum"], "weight_decay": h["weight_decay"]},
@@ -138,7 +138,7 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR, *, threads: int = 1, *
     import pytorch_lightning as pl
 
     from kd_toolkit.distillation import DistillationModule
-    from kd_toolkit.fitnets_models import WideCNN
+    from kd_toolkit.fitnets.models import WideCNN
 
     settings = {**(QUICK if quick else FULL), **overrides}
     previous_threads = torch.get_num_threads()

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from kd_toolkit.data import MNIST_MEAN, MNIST_STD, MNISTDataModule, load_mnist_idx, make_loader, stratified_split
-from kd_toolkit.fitnets_api import create_fitnets_config, train_fitnets
-from kd_toolkit.fitnets_models import ThinDeepCNN, WideCNN
-from kd_toolkit.modules.fitnets import FitNetsModule
+from kd_toolkit.fitnets.models import ThinDeepCNN, WideCNN
+from kd_toolkit.fitnets.module import FitNetsModule
+from kd_toolkit.fitnets.seed_api import create_fitnets_config, train_fitnets
 from kd_toolkit.training import KnowledgeDistillationTraining
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-test"

@@ -16,18 +16,18 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "DistillationModule": "kd_toolkit.distillation.module",
-    "FitNetsModule": "kd_toolkit.modules.fitnets",
+    "FitNetsModule": "kd_toolkit.fitnets.module",
     "EarlyExitModule": "kd_toolkit.modules.early_exit",
     "KnowledgeDistillationTraining": "kd_toolkit.training",
     "knowledge_distillation_train": "kd_toolkit.api",
-    "train_fitnets": "kd_toolkit.fitnets_api",
-    "create_fitnets_config": "kd_toolkit.fitnets_api",
+    "train_fitnets": "kd_toolkit.fitnets.seed_api",
+    "create_fitnets_config": "kd_toolkit.fitnets.seed_api",
     "EarlyExitNetwork": "kd_toolkit.early_exit",
     "EarlyExitNetworkSegmentor": "kd_toolkit.early_exit",
     "calibrate_thresholds": "kd_toolkit.calibration",
     "export_segments": "kd_toolkit.deploy",
     "load_segments": "kd_toolkit.deploy",
-    "FeatureTaps": "kd_toolkit.taps",
+    "FeatureTaps": "kd_toolkit.fitnets.taps",
     "kd_loss": "kd_toolkit.losses",
 }
 

@@ -108,7 +108,7 @@ def hint_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
     """FitNets hint loss (Romero et al., 2015): mean squared error between the regressed student
     feature and the teacher's hint feature, averaged over every element.
 
-    The student feature must already be mapped to the teacher's shape (see ``kd_toolkit.adapters``).
+    The student feature must already be mapped to the teacher's shape (see ``kd_toolkit.fitnets.regressors``).
 
     Example:
         >>> float(hint_loss(torch.ones(2, 3), torch.zeros(2, 3)))

@@ -1,7 +1,15 @@
-"""Reference teachers and students, and a tiny timm-style model registry.
+"""THE model registry of kd_toolkit (timm-style, ``timm/models/_registry.py``) and the small reference models.
 
-Every model is a plain ``nn.Module`` that returns logits ``(B, num_classes)``; inputs are images
-``(B, C, H, W)`` or flat features ``(B, F)`` (MLPs start with ``nn.Flatten``).
+Every reference model registers here with :func:`register_model`, whatever method it serves: the MLPs
+and CNNs below, the FitNets models (``ResNet18``, ``ResNet50``, ``MultiBranchNet``, ``ThinDeepCNN``,
+``WideCNN`` in :mod:`kd_toolkit.fitnets.models`) and the early-exit models
+(:mod:`kd_toolkit.early_exit.models`). Those method modules are imported on the first lookup of a name
+not registered yet and by :func:`list_models`, so ``import kd_toolkit.models`` stays cheap (no
+torchvision).
+
+Every model is a plain ``nn.Module`` that returns logits ``(B, num_classes)`` (``MultiBranchNet``:
+``(logits, features)``, as its seed's); inputs are images ``(B, C, H, W)`` or flat features ``(B, F)``
+(MLPs start with ``nn.Flatten``).
 
 Example:
     >>> model = create_model("digits_student")
@@ -11,16 +19,20 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import torch  # noqa: F401  (the doctests use it)
 from torch import Tensor, nn
 
-__all__ = ["MLP", "LeNet", "SmallCNN", "create_model", "list_models", "register_model"]
+__all__ = ["MLP", "LeNet", "SmallCNN", "create_model", "list_models", "model_entrypoint", "register_model"]
 
 _ModelFn = TypeVar("_ModelFn", bound=Callable[..., nn.Module])
 _MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+#: Method modules whose models register on import; imported lazily (a missing one is skipped).
+_MODEL_MODULES = ("kd_toolkit.fitnets.models", "kd_toolkit.early_exit.models")
 
 
 # ---------------------------------------------------------------------------------------- checks
@@ -191,25 +203,62 @@ def register_model(name: str) -> Callable[[_ModelFn], _ModelFn]:
     return decorator
 
 
+def _module_exists(name: str) -> bool:
+    """Whether module ``name`` can be imported, without importing a parent that is not a package."""
+    parent = name.rpartition(".")[0]
+    try:
+        parent_spec = importlib.util.find_spec(parent)
+        if parent_spec is None or parent_spec.submodule_search_locations is None:
+            return False  # e.g. ``kd_toolkit/early_exit.py`` before it became a package
+        return importlib.util.find_spec(name) is not None
+    except ImportError:
+        return False
+
+
+def _import_model_modules() -> None:
+    """Import the method modules of :data:`_MODEL_MODULES` that exist (each registers its models once)."""
+    for name in _MODEL_MODULES:
+        if _module_exists(name):
+            importlib.import_module(name)
+
+
+def model_entrypoint(name: str) -> Callable[..., nn.Module]:
+    """The factory (function or class) registered under ``name``.
+
+    Raises:
+        ValueError: For an unknown name (the message lists the registered ones).
+
+    Example:
+        >>> model_entrypoint("lenet").__name__
+        '_lenet'
+    """
+    if name not in _MODEL_REGISTRY:
+        _import_model_modules()
+    if name not in _MODEL_REGISTRY:
+        raise ValueError(f"Expected `name` to be one of {list_models()}, but got {name!r}.")
+    return _MODEL_REGISTRY[name]
+
+
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model; ``kwargs`` (e.g. ``num_classes``) override the factory's defaults.
 
     Example:
         >>> create_model("mnist_student_30", num_classes=5)(torch.zeros(2, 1, 28, 28)).shape
         torch.Size([2, 5])
+        >>> type(create_model("ThinDeepCNN", num_classes=3)).__name__  # a FitNets model, imported on demand
+        'ThinDeepCNN'
     """
-    if name not in _MODEL_REGISTRY:
-        raise ValueError(f"Expected `name` to be one of {list_models()}, but got {name!r}.")
-    return _MODEL_REGISTRY[name](**kwargs)
+    return model_entrypoint(name)(**kwargs)
 
 
 def list_models() -> list[str]:
-    """Sorted names of the registered models.
+    """Sorted names of the registered models (the method modules' included).
 
     Example:
-        >>> "lenet" in list_models()
+        >>> "lenet" in list_models() and "WideCNN" in list_models()
         True
     """
+    _import_model_modules()
     return sorted(_MODEL_REGISTRY)
 
 

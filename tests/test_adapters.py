@@ -1,4 +1,4 @@
-"""Tests for kd_toolkit.adapters: spatial alignment and FitNets hint regressors."""
+"""Tests for kd_toolkit.fitnets.regressors: spatial alignment and FitNets hint regressors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kd_toolkit.adapters import HintRegressor, align_spatial, build_hint_regressors, hint_key, hint_path
+from kd_toolkit.fitnets.regressors import HintRegressor, align_spatial, build_hint_regressors, hint_key, hint_path
 
 
 @pytest.mark.parametrize("mode", ["pool", "interpolate"])

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from kd_toolkit.data import make_loader
-from kd_toolkit.fitnets_api import (
+from kd_toolkit.fitnets.models import ThinDeepCNN, WideCNN
+from kd_toolkit.fitnets.seed_api import (
     DEFAULT_CONFIG,
     compute_fitnets_loss,
     create_fitnets_config,
@@ -23,7 +24,6 @@ from kd_toolkit.fitnets_api import (
     validate,
     visualize_feature_maps,
 )
-from kd_toolkit.fitnets_models import ThinDeepCNN, WideCNN
 
 SEED_DEFAULTS = {
     "model": "MultiBranchNet", "teacher_model": None, "data_dir": "data", "batch_size": 32, "num_workers": 4,
@@ -141,7 +141,7 @@ def test_two_stage_through_the_api_with_caller_loaders(tmp_path):
 
 
 def test_augmented_image_folder_and_cuda_without_gpu(tmp_path, image_folder):
-    from kd_toolkit._fitnets_io import image_folder_loaders
+    from kd_toolkit.fitnets.seed_io import image_folder_loaders
 
     train, val, test, classes = image_folder_loaders(image_folder, 24, 1, batch_size=4, num_workers=0, augment=True)
     assert classes == ["dark", "light"] and next(iter(train))[0].shape == (4, 1, 24, 24) and test is not None

@@ -1,4 +1,4 @@
-"""Tests for kd_toolkit.fitnets_models: the FitNets seed's models and the thin/wide pair."""
+"""Tests for kd_toolkit.fitnets.models: the FitNets seed's models and the thin/wide pair."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from kd_toolkit.adapters import build_hint_regressors, hint_key
-from kd_toolkit.fitnets_models import (
+from kd_toolkit.fitnets.models import (
     DEFAULT_HINT_LAYERS,
     FITNETS_MODELS,
     ECALayer,
@@ -22,7 +21,8 @@ from kd_toolkit.fitnets_models import (
     resnet18,
     resnet50,
 )
-from kd_toolkit.taps import FeatureTaps, feature_shapes
+from kd_toolkit.fitnets.regressors import build_hint_regressors, hint_key
+from kd_toolkit.fitnets.taps import FeatureTaps, feature_shapes
 
 _NAMES = ["ResNet18", "ResNet50", "MultiBranchNet", "ThinDeepCNN", "WideCNN"]
 

@@ -11,8 +11,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
-from kd_toolkit.fitnets_models import ThinDeepCNN, WideCNN
-from kd_toolkit.modules.fitnets import FitNetsModule, FitNetsStageCallback
+from kd_toolkit.fitnets.models import ThinDeepCNN, WideCNN
+from kd_toolkit.fitnets.module import FitNetsModule, FitNetsStageCallback
 
 HINTS = {"features.4": "features.2"}  # the paper's middle pair (both nets pooled twice before it)
 UPSTREAM = ("features.0.", "features.1.", "features.2.", "features.3.", "features.4.")

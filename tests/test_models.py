@@ -25,6 +25,7 @@ _BUILTIN_INPUTS = {
 @pytest.fixture
 def clean_registry(monkeypatch):
     """A private copy of the registry, so tests never leak registrations."""
+    list_models()  # import the method modules first: their models must land in the shared registry, not the copy
     monkeypatch.setattr(models, "_MODEL_REGISTRY", dict(models._MODEL_REGISTRY))
 
 

@@ -1,4 +1,4 @@
-"""Tests for kd_toolkit.taps: FeatureTaps and feature_shapes."""
+"""Tests for kd_toolkit.fitnets.taps: FeatureTaps and feature_shapes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from kd_toolkit.taps import FeatureTaps, feature_shapes
+from kd_toolkit.fitnets.taps import FeatureTaps, feature_shapes
 
 
 class _TinyNet(nn.Module):

@@ -7,8 +7,8 @@ from typing import Any
 
 _LAZY = {
     "DistillationModule": "kd_toolkit.distillation.module",
-    "FitNetsModule": "kd_toolkit.modules.fitnets",
-    "FitNetsStageCallback": "kd_toolkit.modules.fitnets",
+    "FitNetsModule": "kd_toolkit.fitnets.module",
+    "FitNetsStageCallback": "kd_toolkit.fitnets.module",
     "EarlyExitModule": "kd_toolkit.modules.early_exit",
 }
 __all__ = sorted(_LAZY)

@@ -1,8 +1,6 @@
-"""Files of the FitNets seed API: ImageFolder loaders, the seed's checkpoint/log layout, teacher loading,
-resume, feature-map pictures.
-
-Private helpers of :mod:`kd_toolkit.fitnets_api` (``load_teacher_model`` and ``visualize_feature_maps`` are
-public there).
+"""Files of the FitNets seed API (seed 004): ImageFolder loaders, teacher loading, resume, and the seed's
+checkpoint/log layout (:class:`SeedOutputs`). Writes go through :mod:`kd_toolkit._io` (atomic, durable),
+reads are safe (``weights_only=True``). ``load_teacher_model`` is public in :mod:`kd_toolkit.fitnets.seed_api`.
 """
 
 from __future__ import annotations
@@ -12,42 +10,24 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader
 
-from kd_toolkit.fitnets_models import FITNETS_MODELS, create_fitnets_model
-from kd_toolkit.modules.fitnets import _tapped_forward
+from kd_toolkit._io import load_torch, save_torch
+from kd_toolkit.core.module import KDBaseModule
+from kd_toolkit.fitnets.models import FITNETS_MODELS, create_fitnets_model
 
-__all__ = ["SeedOutputs", "atomic_write", "hardware_kwargs", "image_folder_loaders", "load_teacher_model",
-           "resume_checkpoint", "visualize_feature_maps"]
+__all__ = ["ARCH_BY_CLASS", "SeedOutputs", "hardware_kwargs", "image_folder_loaders", "load_teacher_model",
+           "loader_length", "primitive_config", "resume_checkpoint"]
 
 _RGB_MEAN, _RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 #: model class name -> FITNETS_MODELS name (torchvision's ResNet18/50 share the hint path "layer4")
 ARCH_BY_CLASS = {"MultiBranchNet": "MultiBranchNet", "ThinDeepCNN": "ThinDeepCNN", "WideCNN": "WideCNN",
                  "ResNet": "ResNet18"}
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Write ``path`` through a temporary file in the same folder and ``os.replace`` (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _save_torch(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def save_json(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=str)))
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -97,10 +77,7 @@ def image_folder_loaders(data_dir: str | os.PathLike, image_size: int, in_channe
 def _read_checkpoint(path: str | os.PathLike, what: str) -> Any:
     if not Path(path).is_file():
         raise FileNotFoundError(f"Expected `{what}` to be an existing checkpoint file, but {str(path)!r} does not exist.")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"Could not read {str(path)!r} safely (weights_only=True): {type(err).__name__}: {err}"[:600]) from err
+    return load_torch(Path(path), what=f"`{what}`")
 
 
 def checkpoint_metadata(obj: Any) -> dict[str, Any]:
@@ -126,7 +103,7 @@ def load_teacher_model(teacher_path: str | os.PathLike, num_classes: int, device
         teacher_path: ``.pth`` from ``train_fitnets``, a state dict, or a Lightning checkpoint.
         num_classes: class count the model must have.
         device: where to put the model (``"auto"``: CUDA when available).
-        architecture: a :data:`~kd_toolkit.fitnets_models.FITNETS_MODELS` name; checked against the file's.
+        architecture: a :data:`~kd_toolkit.fitnets.models.FITNETS_MODELS` name; checked against the file's.
         in_channels: input channels when the file does not record them.
 
     Returns:
@@ -157,7 +134,7 @@ def load_teacher_model(teacher_path: str | os.PathLike, num_classes: int, device
     state = obj.get("state_dict", obj) if isinstance(obj, Mapping) else obj
     if any(str(k).startswith("student.") for k in state):
         state = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
-    model = create_fitnets_model(arch, num_classes=num_classes, in_channels=meta.get("in_channels") or in_channels)
+    model = create_fitnets_model(str(arch), num_classes=num_classes, in_channels=meta.get("in_channels") or in_channels)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
@@ -244,7 +221,8 @@ class SeedOutputs(pl.Callback):
         self.metadata, self.config = dict(metadata), dict(config)
         self.save_freq, self.print_freq = save_freq, print_freq
         self.history: list[dict[str, Any]] = []
-        self.best_accuracy, self.best_epoch = 0.0, None
+        self.best_accuracy: float = 0.0
+        self.best_epoch: int | None = None
         self._improved, self._fitting = False, False
         self._epoch_start = time.time()
 
@@ -279,8 +257,9 @@ class SeedOutputs(pl.Callback):
             return
         entry: dict[str, Any] = {"epoch": epoch, "phase": getattr(pl_module, "phase", "plain")}
         entry["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else None
-        entry["train_loss"] = pl_module.epoch_loss_per_sample()
-        means = pl_module.epoch_component_means() if hasattr(pl_module, "epoch_component_means") else {}
+        module = cast(KDBaseModule, pl_module)  # train_fitnets trains a kd_toolkit module
+        entry["train_loss"] = module.epoch_loss_per_sample()
+        means = module.epoch_component_means()
         entry.update(means or {"hard_loss": entry["train_loss"]})
         metrics = trainer.callback_metrics
         for key in ("val_loss", "val_acc"):
@@ -331,7 +310,7 @@ class SeedOutputs(pl.Callback):
             "best_accuracy": self.best_accuracy, "config": self.config,
             "lightning_checkpoint": str(Path(lightning_ckpt).resolve()) if lightning_ckpt else None,
         }
-        _save_torch(payload, self.path(kind))
+        save_torch(payload, self.path(kind))
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history, "best_accuracy": self.best_accuracy, "best_epoch": self.best_epoch,
@@ -343,62 +322,3 @@ class SeedOutputs(pl.Callback):
         self.history = list(state_dict.get("history", []))
         self.best_accuracy = float(state_dict.get("best_accuracy", 0.0))
         self.best_epoch = state_dict.get("best_epoch")
-
-
-# ------------------------------------------------------------------------------------ feature maps
-def visualize_feature_maps(model: nn.Module, x: Tensor, config: Mapping[str, Any], layer_idx: int = 0,
-                           save_path: str | os.PathLike | None = None, max_channels: int = 16) -> Tensor:
-    """The feature map of the ``layer_idx``-th stage of ``model`` for ``x``; optionally a PNG grid of its channels.
-
-    Stages: ``stages.*`` (MultiBranchNet), ``layer1..4`` (ResNets), ``features.*`` (ThinDeepCNN/WideCNN), else the
-    top-level children whose output is a 4-D map. The grid shows the first sample's first ``max_channels`` channels.
-
-    Raises:
-        ValueError: if ``layer_idx`` is out of range (the message lists the layers).
-    """
-    paths = _stage_paths(model, x)
-    if isinstance(layer_idx, bool) or not isinstance(layer_idx, int) or not 0 <= layer_idx < len(paths):
-        raise ValueError(f"Expected `layer_idx` in [0, {len(paths) - 1}] (layers {paths}), but got {layer_idx!r}.")
-    flags = {name: m.training for name, m in model.named_modules()}
-    try:
-        with torch.no_grad():
-            fmap = _tapped_forward(model.eval(), [paths[layer_idx]], lambda: model(x), detach=True, stop=True)[0]
-    finally:
-        for name, m in model.named_modules():
-            m.training = flags[name]
-    fmap = fmap[paths[layer_idx]].cpu()  # (B, C, H, W)
-    if save_path is not None:
-        _save_grid(fmap[0, :max_channels], Path(save_path), f"{type(model).__name__} {paths[layer_idx]}")
-    return fmap
-
-
-def _stage_paths(model: nn.Module, x: Tensor) -> list[str]:
-    names = dict(model.named_modules())
-    for prefix, count in (("stages.", 8), ("layer", 8), ("features.", 64)):
-        found = [f"{prefix}{i}" if prefix != "layer" else f"layer{i + 1}" for i in range(count)]
-        found = [p for p in found if p in names]
-        if found:
-            return found
-    children = [n for n, _ in model.named_children()]
-    with torch.no_grad():
-        feats = _tapped_forward(model, children, lambda: model(x), detach=True, stop=False)[0] if children else {}
-    return [n for n in children if n in feats and feats[n].dim() == 4]
-
-
-def _save_grid(maps: Tensor, path: Path, title: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure  # no pyplot: the caller's backend (e.g. a notebook's) is left alone
-
-    cols = min(4, len(maps))
-    rows = -(-len(maps) // cols)
-    fig = Figure(figsize=(2 * cols, 2 * rows))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < len(maps):
-            ax.imshow(maps[i].numpy(), cmap="viridis")
-            ax.set_title(f"ch {i}", fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
