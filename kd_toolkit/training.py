@@ -17,6 +17,7 @@ from kd_toolkit import _trainer_args as targs
 from kd_toolkit._checks import check_choice, check_int, check_mapping
 from kd_toolkit._io import load_weights
 from kd_toolkit.core.checkpoint import InterruptCheckpoint, MonitorCheck, SafeCheckpointIO, SafeModelCheckpoint
+from kd_toolkit.core.loaders import ResumableDataLoader, rebuild_loader
 from kd_toolkit.core.module import KDBaseModule
 from kd_toolkit.distillation.cache import cached_training_loader
 from kd_toolkit.distillation.module import DistillationModule
@@ -235,7 +236,11 @@ class KnowledgeDistillationTraining:
             if self.val_loaders is None and isinstance(val_loader, DataLoader):
                 self.val_loaders = {"val": val_loader}
             self._fit_datamodule = None
-        self.train_loader = cached_training_loader(train_loader) if cache and train_loader is not None else train_loader
+        if cache and train_loader is not None:
+            train_loader = cached_training_loader(train_loader)
+        if train_loader is not None and type(train_loader) is DataLoader:  # resumes mid-epoch exactly (Ctrl-C)
+            train_loader = rebuild_loader(train_loader, cls=ResumableDataLoader)
+        self.train_loader = train_loader
 
     def _callbacks(self, extra: Sequence[Callback] | None, checkpointing: bool, monitor: str | None,
                    monitor_mode: str | None, scheduler_method: str) -> list[Callback]:

@@ -56,8 +56,12 @@ class ResumableDataLoader(DataLoader):
     rest of the epoch sees exactly the batches and random draws of an uninterrupted run.
     """
 
+    _kd_resume: dict[str, Any] | None = None
+    _kd_epoch_rng: dict[str, Any] | None = None
+    _kd_done: int = 0
+
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        resume: dict[str, Any] | None = getattr(self, "_kd_resume", None)
+        resume = self._kd_resume
         self._kd_done = 0
         if not resume:
             self._kd_epoch_rng = rng_state()
@@ -75,10 +79,10 @@ class ResumableDataLoader(DataLoader):
 
     def batch_done(self) -> None:
         """Count one trained batch of the current epoch."""
-        self._kd_done = getattr(self, "_kd_done", 0) + 1
+        self._kd_done = self._kd_done + 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch_rng": getattr(self, "_kd_epoch_rng", None), "done": getattr(self, "_kd_done", 0)}
+        return {"epoch_rng": self._kd_epoch_rng, "done": self._kd_done}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._kd_resume: dict[str, Any] | None = state_dict if state_dict.get("epoch_rng") and state_dict.get("done") else None
+        self._kd_resume = state_dict if state_dict.get("epoch_rng") and state_dict.get("done") else None
