@@ -9,7 +9,7 @@ _LAZY = {
     "DistillationModule": "kd_toolkit.distillation.module",
     "FitNetsModule": "kd_toolkit.modules.fitnets",
     "FitNetsStageCallback": "kd_toolkit.modules.fitnets",
-    "EarlyExitModule": "kd_toolkit.modules.early_exit",
+    "EarlyExitModule": "kd_toolkit.early_exit.module",
 }
 __all__ = sorted(_LAZY)
 
