@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from kd_toolkit.early_exit import EarlyExitModule, EarlyExitNetwork, runtime
+from kd_toolkit.early_exit import EarlyExitModule, EarlyExitNetwork, deploy, runtime
 from kd_toolkit.early_exit.calibration import calibrate_thresholds, sweep_thresholds
 from kd_toolkit.early_exit.deploy import load_segments
 from kd_toolkit.early_exit.export import export_segments
@@ -50,6 +50,7 @@ def test_network_predict_and_segments_use_the_runtime_rule(everyone_leaves_first
 
 
 def test_the_standalone_loader_uses_the_runtime_rule(everyone_leaves_first, tmp_path):
+    assert deploy.runtime is runtime  # inside the package the loader imports its sibling, not a copy
     chain = load_segments(export_segments(_network(), tmp_path / "chain"))
     x, _ = _data()
     assert chain.predict(x).exit_index.tolist() == [0] * 20

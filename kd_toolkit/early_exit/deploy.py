@@ -10,12 +10,15 @@ To run a segment on a device, copy ``deploy.py`` **and** ``runtime.py`` into one
 the export directory. How this file finds its sibling:
 
 * inside a package (``kd_toolkit.early_exit.deploy``, or both files copied into a package of your
-  own), ``__package__`` is set and a relative import (``from . import runtime``) returns the
-  package's module, the very object the rest of kd_toolkit uses;
+  own), ``__package__`` is set and a relative import of ``.runtime`` returns the package's module,
+  the very object the rest of kd_toolkit uses (and that tests patch);
 * as a plain module (the folder on ``sys.path``, ``python deploy.py``, or loaded from its path with
-  ``importlib``), ``__package__`` is empty: ``runtime.py`` is then loaded from this file's folder
-  by path with ``importlib.util`` (cached in ``sys.modules`` as ``kd_early_exit_runtime``), so
-  neither ``sys.path`` nor the current directory matter.
+  ``importlib``), or when the relative import fails, ``runtime.py`` is loaded from this file's
+  folder by path with ``importlib.util`` (cached in ``sys.modules`` as ``kd_early_exit_runtime``),
+  so neither ``sys.path`` nor the current directory matter, and a missing sibling is named in
+  the ``ImportError``.
+
+Type checkers see the package's module (``TYPE_CHECKING``), so calls into it are checked.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -58,10 +61,18 @@ def _load_sibling(name: str) -> ModuleType:
     return module
 
 
-if __package__:
-    from . import runtime
-else:  # copied alone (with runtime.py) onto a device
-    runtime = _load_sibling("runtime")
+def _import_runtime() -> ModuleType:
+    """The package's ``runtime`` module when this file is inside a package, else ``runtime.py`` beside it."""
+    if __package__:
+        with contextlib.suppress(ImportError):  # e.g. loaded by path under a dotted name without its package
+            return importlib.import_module(".runtime", __package__)
+    return _load_sibling("runtime")
+
+
+if TYPE_CHECKING:
+    from kd_toolkit.early_exit import runtime
+else:
+    runtime = _import_runtime()
 
 
 class SegmentChainPrediction(NamedTuple):

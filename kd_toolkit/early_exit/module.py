@@ -20,6 +20,7 @@ from kd_toolkit.core import KDBaseModule, ModuleArgs, split_batch
 from kd_toolkit.early_exit import runtime
 from kd_toolkit.early_exit.cost import mac_parts
 from kd_toolkit.early_exit.network import EarlyExitNetwork, EarlyExitPrediction
+from kd_toolkit.early_exit.runtime import ConfidenceRule
 from kd_toolkit.losses import kd_loss, multi_exit_loss
 
 __all__ = ["EarlyExitModule", "TrainingMethod"]
@@ -123,7 +124,7 @@ class EarlyExitModule(KDBaseModule):
 
     @classmethod
     def from_model(cls, model: nn.Module, input_shape: Sequence[int], neurons_in_exit_layers: int | Sequence[Sequence[int]],
-                   thresholds: Sequence[float], *, confidence: Literal["max_prob", "entropy"] = "max_prob",
+                   thresholds: Sequence[float], *, confidence: ConfidenceRule = "max_prob",
                    **kwargs: Any) -> EarlyExitModule:
         """Build the :class:`EarlyExitNetwork` from the seed's arguments, then the module (``kwargs``)."""
         return cls(EarlyExitNetwork(model, input_shape, neurons_in_exit_layers, thresholds, confidence=confidence),
