@@ -5,7 +5,7 @@ a validation part (1,000 images, stratified) is carved from the 8,000 and the re
 three blocks (:class:`kd_toolkit.models.LeNet`) gets a linear exit after blocks 1 and 2 and is trained whole
 (equal exit weights, self-distillation from the final exit) through ``KnowledgeDistillationTraining``. The
 thresholds are calibrated on the validation part for at most 0.5 points of accuracy below the final exit
-(:func:`kd_toolkit.calibration.calibrate_thresholds`); the 2,000 test images are used only for the figures:
+(:func:`kd_toolkit.early_exit.calibration.calibrate_thresholds`); the 2,000 test images are used only for the figures:
 
 * test accuracy of the final exit (the network without early exit) and of batched early exit, exit shares,
   average MACs per sample against the plain network's;
@@ -40,11 +40,10 @@ import torch
 from torch import Tensor
 
 from benchmarks._common import RESULTS_DIR, BenchmarkSkipped, interleave, machine_info, mnist_split, write_json
-from kd_toolkit.calibration import calibrate_thresholds, measure_segment_latency
 from kd_toolkit.data import make_loader, stratified_split
-from kd_toolkit.early_exit import EarlyExitNetwork, average_macs, exit_macs
+from kd_toolkit.early_exit import EarlyExitModule, EarlyExitNetwork, average_macs, exit_macs
+from kd_toolkit.early_exit.calibration import calibrate_thresholds, measure_segment_latency
 from kd_toolkit.models import LeNet
-from kd_toolkit.modules.early_exit import EarlyExitModule
 from kd_toolkit.training import KnowledgeDistillationTraining
 
 NAME = "early_exit"

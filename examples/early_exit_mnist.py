@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 
 from kd_toolkit import KnowledgeDistillationTraining
-from kd_toolkit.calibration import calibrate_thresholds
 from kd_toolkit.data import MNIST_MEAN, MNIST_STD, load_mnist_idx, make_loader, stratified_split
-from kd_toolkit.deploy import export_segments, load_segments
-from kd_toolkit.early_exit import EarlyExitNetwork
+from kd_toolkit.early_exit import EarlyExitModule, EarlyExitNetwork
+from kd_toolkit.early_exit.calibration import calibrate_thresholds
+from kd_toolkit.early_exit.deploy import load_segments
+from kd_toolkit.early_exit.export import export_segments
 from kd_toolkit.models import LeNet
-from kd_toolkit.modules.early_exit import EarlyExitModule
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist-test"
 

@@ -1,6 +1,6 @@
 """kd_toolkit: knowledge distillation, FitNets and early-exit networks on PyTorch Lightning.
 
-Public names are imported lazily (PEP 562), so ``import kd_toolkit.deploy`` on an edge device does
+Public names are imported lazily (PEP 562), so ``import kd_toolkit.early_exit.deploy`` on an edge device does
 not pull in Lightning.
 
 Example:
@@ -17,16 +17,16 @@ __version__ = "0.1.0"
 _LAZY = {
     "DistillationModule": "kd_toolkit.distillation.module",
     "FitNetsModule": "kd_toolkit.fitnets.module",
-    "EarlyExitModule": "kd_toolkit.modules.early_exit",
+    "EarlyExitModule": "kd_toolkit.early_exit.module",
     "KnowledgeDistillationTraining": "kd_toolkit.training",
     "knowledge_distillation_train": "kd_toolkit.api",
     "train_fitnets": "kd_toolkit.fitnets.seed_api",
     "create_fitnets_config": "kd_toolkit.fitnets.seed_api",
-    "EarlyExitNetwork": "kd_toolkit.early_exit",
-    "EarlyExitNetworkSegmentor": "kd_toolkit.early_exit",
-    "calibrate_thresholds": "kd_toolkit.calibration",
-    "export_segments": "kd_toolkit.deploy",
-    "load_segments": "kd_toolkit.deploy",
+    "EarlyExitNetwork": "kd_toolkit.early_exit.network",
+    "EarlyExitNetworkSegmentor": "kd_toolkit.early_exit.network",
+    "calibrate_thresholds": "kd_toolkit.early_exit.calibration",
+    "export_segments": "kd_toolkit.early_exit.export",
+    "load_segments": "kd_toolkit.early_exit.deploy",
     "FeatureTaps": "kd_toolkit.fitnets.taps",
     "kd_loss": "kd_toolkit.losses",
 }

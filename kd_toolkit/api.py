@@ -47,7 +47,7 @@ def knowledge_distillation_train(*args: Any, **kwargs: Any) -> Any:
             f"teacher → student) and {sorted(seed000)} (seed 000, early exit). Use one form."
         )
     if seed000 and not args:
-        from kd_toolkit.early_exit_api import early_exit_train
+        from kd_toolkit.early_exit.seed_api import early_exit_train
 
         return early_exit_train(**kwargs)
     return _distill_one_epoch(*args, **kwargs)

@@ -1,4 +1,4 @@
-"""Tests for kd_toolkit.calibration: threshold calibration, sweeps, plots and latency."""
+"""Tests for kd_toolkit.early_exit.calibration: threshold calibration, sweeps, plots and latency."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from kd_toolkit.calibration import (
+from kd_toolkit.early_exit import EarlyExitNetwork, average_macs, exit_macs
+from kd_toolkit.early_exit.calibration import (
     CalibrationResult,
     calibrate_thresholds,
     collect_exit_logits,
@@ -17,7 +18,6 @@ from kd_toolkit.calibration import (
     plot_accuracy_vs_compute,
     sweep_thresholds,
 )
-from kd_toolkit.early_exit import EarlyExitNetwork, average_macs, exit_macs
 
 NUM_CLASSES, DIM = 4, 16
 _TEACHER = torch.randn(NUM_CLASSES, DIM, generator=torch.Generator().manual_seed(0))  # (C, D)

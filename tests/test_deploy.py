@@ -1,11 +1,14 @@
-"""Tests for kd_toolkit.deploy: TorchScript/ONNX export, the manifest, loading and atomic writes."""
+"""Tests for kd_toolkit.early_exit.export and .deploy: TorchScript/ONNX export, the manifest, loading and atomic writes."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +16,11 @@ import torch
 from torch import nn
 
 import kd_toolkit
-from kd_toolkit.deploy import SegmentChain, export_segments, load_segments
 from kd_toolkit.early_exit import EarlyExitNetwork
+from kd_toolkit.early_exit.deploy import SegmentChain, load_segments
+from kd_toolkit.early_exit.export import export_segments
 
+ROOT = Path(__file__).resolve().parents[1]
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
 NUM_CLASSES = 4
 
@@ -211,15 +216,42 @@ def test_chain_thresholds_and_segment_index_are_validated(tmp_path):
     assert chain.predict(_data(6)).exit_index.tolist() == [0] * 6
 
 
+def _load_copied_deploy(folder, monkeypatch):
+    """Load ``folder/device_deploy.py`` as a plain module (no package) with every kd_toolkit import failing."""
+    for name in [m for m in sys.modules if m == "kd_toolkit" or m.startswith("kd_toolkit.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # any import of kd_toolkit now fails
+    monkeypatch.delitem(sys.modules, "kd_early_exit_runtime", raising=False)  # the sibling is loaded afresh
+    spec = importlib.util.spec_from_file_location("device_deploy", folder / "device_deploy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_the_deploy_file_runs_the_chain_without_kd_toolkit(tmp_path, monkeypatch):
     net = _network()
     out = export_segments(net, tmp_path / "chain")
     expected = net.predict(_data(30))
-    shutil.copy(importlib.util.find_spec("kd_toolkit.deploy").origin, tmp_path / "device_runtime.py")
-    for name in [m for m in sys.modules if m == "kd_toolkit" or m.startswith("kd_toolkit.")]:
-        monkeypatch.setitem(sys.modules, name, None)  # any import of kd_toolkit now fails
-    spec = importlib.util.spec_from_file_location("device_runtime", tmp_path / "device_runtime.py")
-    runtime = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(runtime)
-    got = runtime.load_segments(out).predict(_data(30))
+    device = tmp_path / "device"
+    device.mkdir()
+    shutil.copy(importlib.util.find_spec("kd_toolkit.early_exit.deploy").origin, device / "device_deploy.py")
+    shutil.copy(importlib.util.find_spec("kd_toolkit.early_exit.runtime").origin, device / "runtime.py")
+    deploy = _load_copied_deploy(device, monkeypatch)
+    assert deploy.runtime.__file__ == str((device / "runtime.py").resolve())  # the copy beside it, by path
+    got = deploy.load_segments(out).predict(_data(30))
     assert torch.equal(got.predictions, expected.predictions) and torch.equal(got.exit_index, expected.exit_index)
+    logits, exited, features = deploy.load_segments(out).segment(0)(_data(30))
+    assert features.shape[0] == int((~exited).sum()) and logits.shape == (30, NUM_CLASSES)
+
+
+def test_the_deploy_file_without_its_runtime_sibling_says_what_to_copy(tmp_path, monkeypatch):
+    shutil.copy(importlib.util.find_spec("kd_toolkit.early_exit.deploy").origin, tmp_path / "device_deploy.py")
+    with pytest.raises(ImportError, match="needs its sibling runtime.py"):
+        _load_copied_deploy(tmp_path, monkeypatch)
+
+
+def test_importing_the_loader_does_not_pull_in_lightning():
+    code = ("import sys, kd_toolkit.early_exit.deploy; "
+            "print(sorted(m for m in sys.modules if 'lightning' in m or m == 'kd_toolkit.early_exit.module'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.stdout.strip() == "[]"

@@ -118,7 +118,7 @@ def test_all_exits_keeps_the_body_and_int_method_trains_one_exit(loaders):
 
 def test_train_loss_is_the_average_per_sample(loaders, digits):
     """With a negligible learning rate the returned loss can be recomputed by hand (last batch weighs less)."""
-    from kd_toolkit.early_exit_api import early_exit_train
+    from kd_toolkit.early_exit.seed_api import early_exit_train
 
     torch.manual_seed(0)
     model = SplitModel()

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from kd_toolkit.early_exit import EarlyExitNetwork, EarlyExitPrediction, average_macs, exit_macs
+from kd_toolkit.early_exit.models import SplitCNN
+from kd_toolkit.early_exit.module import EarlyExitModule
 from kd_toolkit.losses import multi_exit_loss
-from kd_toolkit.modules.early_exit import EarlyExitModule, SplitCNN
 
 ROOT = Path(__file__).resolve().parents[1]
 

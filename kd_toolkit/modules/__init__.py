@@ -9,7 +9,7 @@ _LAZY = {
     "DistillationModule": "kd_toolkit.distillation.module",
     "FitNetsModule": "kd_toolkit.fitnets.module",
     "FitNetsStageCallback": "kd_toolkit.fitnets.module",
-    "EarlyExitModule": "kd_toolkit.modules.early_exit",
+    "EarlyExitModule": "kd_toolkit.early_exit.module",
 }
 __all__ = sorted(_LAZY)
 

@@ -4,25 +4,25 @@ A trained classifier split into blocks gets a small classifier ("exit") after ev
 last. At inference a sample leaves at the first exit whose confidence exceeds that exit's
 threshold; the rest of the network only runs on the samples still undecided. Cut into segments,
 the network runs on a chain of edge devices: each segment answers for its confident samples and
-sends the features of the others to the next device.
+sends the features of the others to the next device. The exit rule and the chain live in
+:mod:`kd_toolkit.early_exit.runtime`; this file builds the network around them.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import math
-import numbers
-from collections.abc import Iterator, Sequence
-from typing import Literal, NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["EarlyExitNetwork", "EarlyExitNetworkSegmentor", "EarlyExitPrediction", "average_macs",
-           "confidence_scores", "exit_macs"]
+from kd_toolkit._checks import is_int
+from kd_toolkit.early_exit import runtime
+from kd_toolkit.early_exit.runtime import ConfidenceRule, check_confidence, confidence_scores, eval_mode
 
-ConfidenceRule = Literal["max_prob", "entropy"]
-_CONFIDENCE_RULES = ("max_prob", "entropy")
+__all__ = ["EarlyExitNetwork", "EarlyExitNetworkSegmentor", "EarlyExitPrediction"]
 
 
 class EarlyExitPrediction(NamedTuple):
@@ -31,32 +31,6 @@ class EarlyExitPrediction(NamedTuple):
     predictions: Tensor  # (B,) long, predicted class
     exit_index: Tensor  # (B,) long, exit each sample left at (num_exits - 1 is the final one)
     logits: Tensor  # (B, C), logits of the exit each sample left at
-
-
-def confidence_scores(logits: Tensor, confidence: ConfidenceRule = "max_prob") -> Tensor:
-    """Confidence in [0, 1] of each row of ``logits``; a sample exits when it is > the threshold.
-
-    Args:
-        logits: Exit logits, shape ``(B, C)``.
-        confidence: ``"max_prob"`` (largest softmax probability) or ``"entropy"``
-            (``1 - H(p) / log(C)``, 1 for a one-hot distribution, 0 for a uniform one).
-
-    Returns:
-        Scores of shape ``(B,)``.
-
-    Example:
-        >>> confidence_scores(torch.tensor([[0.0, 0.0], [100.0, 0.0]]))
-        tensor([0.5000, 1.0000])
-    """
-    _check_confidence(confidence)
-    log_p = torch.log_softmax(logits.float(), dim=-1)  # (B, C), float32 even under autocast
-    if confidence == "max_prob":
-        return log_p.max(dim=-1).values.exp().clamp(0.0, 1.0)  # (B,)
-    num_classes = logits.shape[-1]
-    if num_classes < 2:
-        return torch.ones(logits.shape[:-1], device=logits.device)
-    entropy = -(log_p.exp() * log_p).sum(dim=-1)  # (B,)
-    return (1.0 - entropy / math.log(num_classes)).clamp(0.0, 1.0)
 
 
 class EarlyExitNetworkSegmentor(nn.Module):
@@ -91,12 +65,12 @@ class EarlyExitNetworkSegmentor(nn.Module):
     def __init__(self, block: nn.Module, exit_head: nn.Module | None, threshold: float | None,
                  confidence: ConfidenceRule, is_last: bool) -> None:
         super().__init__()
-        _check_confidence(confidence)
+        check_confidence(confidence)
         if not is_last:
             if exit_head is None:
                 raise ValueError("Expected `exit_head` to be an nn.Module for a segment that is not the last, "
                                  "but got None.")
-            if not _is_real(threshold) or not 0.0 < threshold <= 1.0:
+            if not runtime.is_threshold(threshold):
                 raise ValueError(f"Expected `threshold` to be a number in (0, 1], but got {threshold!r}.")
         self.block = block
         self.exit_head = exit_head
@@ -105,12 +79,9 @@ class EarlyExitNetworkSegmentor(nn.Module):
         self.is_last = bool(is_last)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        features = self.block(x)  # (B, ...)
-        logits = features if self.exit_head is None else self.exit_head(features)  # (B, C)
-        if self.is_last:
-            return logits, torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device), None
-        exited = confidence_scores(logits, self.confidence) > self.threshold  # (B,) bool
-        return logits, exited, features[~exited]
+        result = runtime.block_step(self.block, self.exit_head, self.threshold, self.confidence, x,
+                                    skip_closed_head=False)  # logits of every sample, even at a closed exit
+        return runtime.hand_over(result, self.is_last)
 
 
 class EarlyExitNetwork(nn.Module):
@@ -150,7 +121,7 @@ class EarlyExitNetwork(nn.Module):
                  neurons_in_exit_layers: int | Sequence[Sequence[int]], thresholds: Sequence[float], *,
                  confidence: ConfidenceRule = "max_prob") -> None:
         super().__init__()
-        _check_confidence(confidence)
+        check_confidence(confidence)
         self.blocks: nn.Sequential = _blocks_of(model)
         num_blocks = len(self.blocks)
         self.input_shape: tuple[int, ...] = _check_input_shape(input_shape)
@@ -176,7 +147,7 @@ class EarlyExitNetwork(nn.Module):
 
     @thresholds.setter
     def thresholds(self, thresholds: Sequence[float]) -> None:
-        self._thresholds = _check_threshold_values(thresholds, self.num_exits - 1, "thresholds")
+        self._thresholds = runtime.check_thresholds(thresholds, self.num_exits - 1)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """Logits of every exit, final included, for training: ``num_exits`` tensors ``(B, C)``."""
@@ -190,136 +161,28 @@ class EarlyExitNetwork(nn.Module):
         """Confidence ``(B,)`` of exit logits ``(B, C)`` under this network's rule."""
         return confidence_scores(logits, self.confidence)
 
+    def _parts(self, index: int) -> tuple[nn.Module, nn.Module | None, float | None]:
+        """Block, exit head and threshold of exit ``index`` (no head nor threshold for the final one)."""
+        if index == self.num_exits - 1:
+            return self.blocks[index], None, None
+        return self.blocks[index], self.exits[index], self._thresholds[index]
+
     def predict(self, x: Tensor) -> EarlyExitPrediction:
         """Batched early-exit inference under ``torch.no_grad()`` in eval mode.
 
         Block by block, the confident samples leave the batch and later blocks run only on the
-        samples still undecided; the final exit takes the rest. Results are in input order, and
-        the training flags of all submodules are restored afterwards.
+        samples still undecided; the final exit takes the rest. Heads of exits whose threshold is
+        1.0 are not run. Results are in input order, and the training flags of all submodules are
+        restored afterwards.
         """
-        steps = [_ExitStep(self, index) for index in range(self.num_exits)]
-        with torch.no_grad(), _eval_mode(self):
-            return EarlyExitPrediction(*_run_chain(steps, x, self.num_classes))
+        steps = [functools.partial(runtime.block_step, *self._parts(i), self.confidence) for i in range(self.num_exits)]
+        with torch.no_grad(), eval_mode(self):
+            return EarlyExitPrediction(*runtime.run_chain(steps, x, self.num_classes))
 
     def segments(self) -> list[EarlyExitNetworkSegmentor]:
         """One :class:`EarlyExitNetworkSegmentor` per block, sharing this network's modules."""
         last = self.num_exits - 1
-        return [EarlyExitNetworkSegmentor(block, self.exits[i] if i < last else None,
-                                          self._thresholds[i] if i < last else None, self.confidence, i == last)
-                for i, block in enumerate(self.blocks)]
-
-
-class _ExitStep:
-    """Callable ``x -> (logits, exited, features_of_all)`` for exit ``index``; skips never-exit heads."""
-
-    def __init__(self, network: EarlyExitNetwork, index: int) -> None:
-        self.network, self.index = network, index
-
-    def __call__(self, x: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
-        net, index = self.network, self.index
-        features = net.blocks[index](x)  # (B, ...)
-        if index == net.num_exits - 1:
-            return features, torch.ones(features.shape[0], dtype=torch.bool, device=features.device), features
-        if net._thresholds[index] >= 1.0:  # scores never exceed 1.0: skip the head's compute
-            return None, torch.zeros(features.shape[0], dtype=torch.bool, device=features.device), features
-        logits = net.exits[index](features)  # (B, C)
-        return logits, net.confidence_scores(logits) > net._thresholds[index], features
-
-
-def _run_chain(steps: Sequence[_ExitStep], x: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Run exit steps on a shrinking batch and scatter the results back to the input order."""
-    batch = x.shape[0]
-    if batch == 1:  # one sample (edge latency): stop at its exit, no bookkeeping tensors
-        for index, step in enumerate(steps):
-            logits, exited, x = step(x)
-            if logits is not None and bool(exited[0]):
-                return logits.argmax(dim=-1), torch.full((1,), index, dtype=torch.long, device=x.device), logits
-    exit_index = torch.full((batch,), len(steps) - 1, dtype=torch.long, device=x.device)  # (B,)
-    remaining = torch.arange(batch, device=x.device)  # (R,) original positions still undecided
-    out: Tensor | None = None
-    for index, step in enumerate(steps):
-        if remaining.numel() == 0:
-            break
-        logits, exited, x = step(x)
-        if logits is None:
-            continue
-        if out is None:
-            out = logits.new_zeros((batch, logits.shape[-1]))  # (B, C)
-        out[remaining[exited]] = logits[exited].to(out.dtype)
-        exit_index[remaining[exited]] = index
-        remaining, x = remaining[~exited], x[~exited]
-    if out is None:  # empty batch
-        out = torch.zeros((batch, num_classes), device=x.device)
-    return out.argmax(dim=-1), exit_index, out
-
-
-def exit_macs(network: EarlyExitNetwork, input_shape: Sequence[int] | None = None) -> list[int]:
-    """Cumulative multiply-accumulates for one sample to leave at each exit, final included.
-
-    Entry ``i`` counts blocks ``0..i``, exit ``i``'s head, and the heads of the earlier exits the
-    sample went through, as :meth:`EarlyExitNetwork.predict` computes them (it skips the heads
-    of exits whose threshold is 1.0, so those are not counted). Operations are counted by
-    ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions; MACs = FLOPs / 2).
-
-    Args:
-        network: The early-exit network; its current thresholds decide which heads run.
-        input_shape: Input shape; defaults to ``network.input_shape``. The batch size is set to 1.
-
-    Returns:
-        ``network.num_exits`` ints.
-
-    Example:
-        >>> net = EarlyExitNetwork(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3)), (1, 4), [[]], [0.9])
-        >>> exit_macs(net)  # exit 0: 4*8 + 8*3 (head 0); final: 4*8 + 8*3 (head 0) + 8*3
-        [56, 80]
-    """
-    block_macs, head_macs = _mac_parts(network, input_shape)
-    return _exit_costs(block_macs, head_macs, network.thresholds)
-
-
-def _mac_parts(network: EarlyExitNetwork, input_shape: Sequence[int] | None = None) -> tuple[list[int], list[int]]:
-    """MACs of every block and of every exit head, for one sample."""
-    shape = _check_input_shape(network.input_shape if input_shape is None else input_shape)
-    x = _zeros_like_params(network, (1, *shape[1:]))  # (1, ...)
-    block_macs, head_macs = [], []
-    with torch.no_grad(), _eval_mode(network):
-        for index, block in enumerate(network.blocks):
-            flops, x = _count_flops(block, x)
-            block_macs.append(flops // 2)
-            if index < len(network.exits):
-                head_macs.append(_count_flops(network.exits[index], x)[0] // 2)
-    return block_macs, head_macs
-
-
-def _exit_costs(block_macs: Sequence[int], head_macs: Sequence[int], thresholds: Sequence[float]) -> list[int]:
-    """Per-exit cost of leaving there, given which heads run (threshold < 1.0)."""
-    costs, total = [], 0
-    for index, macs in enumerate(block_macs):
-        total += macs
-        if index == len(head_macs):
-            costs.append(total)
-            break
-        costs.append(total + head_macs[index])
-        if thresholds[index] < 1.0:  # the head ran, so samples that go on have paid for it too
-            total += head_macs[index]
-    return costs
-
-
-def average_macs(exit_index: Tensor, macs: Sequence[int]) -> float:
-    """Average per-sample MACs of a :meth:`EarlyExitNetwork.predict` result.
-
-    Args:
-        exit_index: Exit of each sample, ``(N,)``, from ``predict``.
-        macs: Cumulative MACs per exit, from :func:`exit_macs` with the same thresholds.
-
-    Example:
-        >>> average_macs(torch.tensor([0, 1, 1, 1]), [10, 30])
-        25.0
-    """
-    if exit_index.numel() == 0:
-        raise ValueError(f"Expected `exit_index` to be a non-empty tensor, but got {exit_index!r}.")
-    table = torch.as_tensor(list(macs), dtype=torch.float64)
-    return float(table[exit_index.long().cpu()].mean())
+        return [EarlyExitNetworkSegmentor(*self._parts(i), self.confidence, i == last) for i in range(self.num_exits)]
 
 
 def _zeros_like_params(module: nn.Module, shape: Sequence[int]) -> Tensor:
@@ -328,29 +191,12 @@ def _zeros_like_params(module: nn.Module, shape: Sequence[int]) -> Tensor:
     return torch.zeros(tuple(shape)) if reference is None else reference.new_zeros(tuple(shape))
 
 
-def _count_flops(module: nn.Module, x: Tensor) -> tuple[int, Tensor]:
-    from torch.utils.flop_counter import FlopCounterMode  # imported here: it is slow to import
-
-    with FlopCounterMode(display=False) as counter:
-        output = module(x)
-    return int(counter.get_total_flops()), output
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Put ``module`` in eval mode and restore every submodule's own training flag afterwards.
-
-    Only the submodules in training mode are touched (none for a network already in eval mode), which
-    keeps batch-1 ``predict`` cheap: ``module.eval()`` plus a restore cost ~0.2 ms per call for a LeNet.
-    """
-    training = [m for m in module.modules() if m.training]
-    for m in training:
-        m.training = False
-    try:
-        yield
-    finally:
-        for m in training:
-            m.training = True
+def _placement(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype of ``module``'s parameters (CPU and the default dtype without any)."""
+    reference = next(module.parameters(), None)
+    if reference is None:
+        return torch.device("cpu"), torch.get_default_dtype()
+    return reference.device, reference.dtype
 
 
 def _blocks_of(model: nn.Module) -> nn.Sequential:
@@ -368,7 +214,7 @@ def _blocks_of(model: nn.Module) -> nn.Sequential:
 
 def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     ok = isinstance(input_shape, (Sequence, torch.Size)) and not isinstance(input_shape, str)
-    if not ok or len(input_shape) < 1 or not all(_is_int(d) and d > 0 for d in input_shape):
+    if not ok or len(input_shape) < 1 or not all(is_int(d) and d > 0 for d in input_shape):
         raise ValueError(
             f"Expected `input_shape` to be a sequence of positive ints such as (1, 3, 32, 32), but got {input_shape!r}."
         )
@@ -379,7 +225,7 @@ def _infer_block_shapes(blocks: nn.Sequential, input_shape: tuple[int, ...]) -> 
     """Dry-run the blocks on zeros; return each block's output shape without the batch dim."""
     x = _zeros_like_params(blocks, input_shape)  # (B, ...)
     shapes = []
-    with torch.no_grad(), _eval_mode(blocks):
+    with torch.no_grad(), eval_mode(blocks):
         for index, block in enumerate(blocks):
             try:
                 x = block(x)
@@ -400,10 +246,10 @@ def _infer_block_shapes(blocks: nn.Sequential, input_shape: tuple[int, ...]) -> 
 
 
 def _check_neurons(neurons: int | Sequence[Sequence[int]], num_exits: int) -> list[list[int]]:
-    if _is_int(neurons) and neurons > 0:
-        return [[int(neurons)] for _ in range(num_exits)]
+    if is_int(neurons) and cast(int, neurons) > 0:
+        return [[int(cast(int, neurons))] for _ in range(num_exits)]
     ok = isinstance(neurons, Sequence) and len(neurons) == num_exits and all(
-        isinstance(sizes, Sequence) and all(_is_int(n) and n > 0 for n in sizes) for sizes in neurons
+        isinstance(sizes, Sequence) and all(is_int(n) and n > 0 for n in sizes) for sizes in neurons
     )
     if not ok:
         raise ValueError(
@@ -411,24 +257,6 @@ def _check_neurons(neurons: int | Sequence[Sequence[int]], num_exits: int) -> li
             f"(one per exit: blocks - 1, the final block has no exit), but got {neurons!r}."
         )
     return [[int(n) for n in sizes] for sizes in neurons]  # type: ignore[union-attr]
-
-
-def _check_threshold_values(thresholds: Sequence[float], count: int, name: str) -> list[float]:
-    values = thresholds.tolist() if hasattr(thresholds, "tolist") else thresholds  # tensors, arrays
-    ok = isinstance(values, Sequence) and not isinstance(values, str) and len(values) == count and all(
-        _is_real(t) and 0.0 < t <= 1.0 for t in values
-    )
-    if not ok:
-        raise ValueError(
-            f"Expected `{name}` to be {count} number(s) in (0, 1] (one per exit except the final one; "
-            f"1.0 means never exit there), but got {thresholds!r}."
-        )
-    return [float(t) for t in values]
-
-
-def _check_confidence(confidence: str) -> None:
-    if confidence not in _CONFIDENCE_RULES:
-        raise ValueError(f"Expected `confidence` to be one of {_CONFIDENCE_RULES}, but got {confidence!r}.")
 
 
 def _exit_head(in_features: int, hidden: list[int], num_classes: int) -> nn.Sequential:
@@ -439,10 +267,3 @@ def _exit_head(in_features: int, hidden: list[int], num_classes: int) -> nn.Sequ
     layers.append(nn.Linear(in_features, num_classes))
     return nn.Sequential(*layers)
 
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -1,0 +1,84 @@
+"""Early exit (BranchyNet): exits after every block, batched early-exit inference, calibration, deployment.
+
+One home for the method:
+
+* :mod:`~kd_toolkit.early_exit.runtime`: the exit rule, the batched chain and the cost counters (torch only),
+* :mod:`~kd_toolkit.early_exit.network`: :class:`EarlyExitNetwork` and its segments,
+* :mod:`~kd_toolkit.early_exit.module`: :class:`EarlyExitModule`, the LightningModule that trains it,
+* :mod:`~kd_toolkit.early_exit.models`: :class:`SplitCNN` (registered as ``"split_cnn"``),
+* :mod:`~kd_toolkit.early_exit.calibration` and :mod:`~kd_toolkit.early_exit.cost`: thresholds, MACs, latency,
+* :mod:`~kd_toolkit.early_exit.export` and :mod:`~kd_toolkit.early_exit.deploy`: segment files and the
+  standalone loader (``deploy.py`` + ``runtime.py`` run on a device without kd_toolkit),
+* :mod:`~kd_toolkit.early_exit.seed_api`: seed 000's call form.
+
+The torch-only names are imported here; the others load on first use (PEP 562), so that
+``import kd_toolkit.early_exit.deploy`` on an edge device does not pull in Lightning.
+
+Example:
+    >>> from kd_toolkit.early_exit import EarlyExitNetwork, confidence_scores
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from kd_toolkit.early_exit.cost import exit_macs
+from kd_toolkit.early_exit.network import EarlyExitNetwork, EarlyExitNetworkSegmentor, EarlyExitPrediction
+from kd_toolkit.early_exit.runtime import ConfidenceRule, average_macs, confidence_scores
+
+_LAZY = {
+    "EarlyExitModule": "kd_toolkit.early_exit.module",
+    "TrainingMethod": "kd_toolkit.early_exit.module",
+    "SplitCNN": "kd_toolkit.early_exit.models",
+    "CalibrationResult": "kd_toolkit.early_exit.calibration",
+    "calibrate_thresholds": "kd_toolkit.early_exit.calibration",
+    "collect_exit_logits": "kd_toolkit.early_exit.calibration",
+    "plot_accuracy_vs_compute": "kd_toolkit.early_exit.calibration",
+    "sweep_thresholds": "kd_toolkit.early_exit.calibration",
+    "mac_parts": "kd_toolkit.early_exit.cost",
+    "measure_segment_latency": "kd_toolkit.early_exit.cost",
+    "export_segments": "kd_toolkit.early_exit.export",
+    "SegmentChain": "kd_toolkit.early_exit.deploy",
+    "SegmentChainPrediction": "kd_toolkit.early_exit.deploy",
+    "load_segments": "kd_toolkit.early_exit.deploy",
+    "early_exit_train": "kd_toolkit.early_exit.seed_api",
+}
+
+__all__ = [
+    "CalibrationResult",
+    "ConfidenceRule",
+    "EarlyExitModule",
+    "EarlyExitNetwork",
+    "EarlyExitNetworkSegmentor",
+    "EarlyExitPrediction",
+    "SegmentChain",
+    "SegmentChainPrediction",
+    "SplitCNN",
+    "TrainingMethod",
+    "average_macs",
+    "calibrate_thresholds",
+    "collect_exit_logits",
+    "confidence_scores",
+    "early_exit_train",
+    "exit_macs",
+    "export_segments",
+    "load_segments",
+    "mac_parts",
+    "measure_segment_latency",
+    "plot_accuracy_vs_compute",
+    "sweep_thresholds",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kd_toolkit.early_exit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # cache: later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,264 @@
+"""Choosing early-exit thresholds: calibration on a validation split, sweeps, plots and latency.
+
+Every threshold setting is scored with the runtime's exit rule and cost counters
+(:mod:`kd_toolkit.early_exit.runtime`), so the numbers are what ``predict`` would give;
+:func:`measure_segment_latency` lives in :mod:`kd_toolkit.early_exit.cost` and is re-exported here.
+
+Calibrate on a validation split, never on the test split: thresholds are fitted to the data they
+are chosen on, so test accuracy measured on the calibration data would be optimistic.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from kd_toolkit._checks import expected, is_real
+from kd_toolkit.early_exit import runtime
+from kd_toolkit.early_exit.cost import mac_parts, measure_segment_latency
+from kd_toolkit.early_exit.network import EarlyExitNetwork
+from kd_toolkit.early_exit.runtime import eval_mode
+
+__all__ = [
+    "CalibrationResult",
+    "calibrate_thresholds",
+    "collect_exit_logits",
+    "measure_segment_latency",
+    "plot_accuracy_vs_compute",
+    "sweep_thresholds",
+]
+
+#: Default grid: 0.01 .. 1.00 in steps of 0.01 plus a few values close to 1 for confident networks.
+_DEFAULT_CANDIDATES = tuple(sorted({round(k / 100, 2) for k in range(1, 101)} | {0.995, 0.999, 0.9995, 0.9999}))
+
+
+class _DefaultDrop(float):
+    """The default ``max_accuracy_drop`` (0.005): a float, but recognisable, so that giving only
+    ``target_exit_share`` switches to that target instead of clashing with the default."""
+
+
+_DEFAULT_DROP = _DefaultDrop(0.005)
+
+
+@dataclass
+class CalibrationResult:
+    """Outcome of :func:`calibrate_thresholds` (accuracies and shares are fractions in [0, 1])."""
+
+    thresholds: list[float]  # one per exit except the final one
+    accuracy: float  # early-exit accuracy with these thresholds
+    full_accuracy: float  # accuracy of the final exit alone
+    exit_shares: list[float]  # fraction of samples leaving at each exit, final included
+    average_macs: float  # per sample, see kd_toolkit.early_exit.exit_macs
+    relative_compute: float  # average_macs / MACs of the plain network (blocks only)
+
+
+class _ExitTable:
+    """Everything the search needs from one pass over a loader, as tensors on the CPU."""
+
+    def __init__(self, network: EarlyExitNetwork, loader: Iterable, name: str) -> None:
+        logits, labels = _collect(network, loader, name)
+        self.scores = torch.stack([network.confidence_scores(out) for out in logits[:-1]])  # (E-1, N)
+        self.correct = torch.stack([out.argmax(-1) == labels for out in logits])  # (E, N) bool
+        self.block_macs, self.head_macs = mac_parts(network)
+        self.full_macs = float(sum(self.block_macs))
+
+    def evaluate(self, thresholds: Sequence[float]) -> dict[str, Any]:
+        """Accuracy, exit shares and compute of a threshold setting, as ``predict`` would give."""
+        num_exits, n = self.correct.shape
+        exit_index = runtime.exit_indices(self.scores, thresholds)  # (N,)
+        average = runtime.average_macs(exit_index, runtime.exit_costs(self.block_macs, self.head_macs, thresholds))
+        return {
+            "thresholds": [float(t) for t in thresholds],
+            "accuracy": float(self.correct[exit_index, torch.arange(n)].float().mean()),
+            "full_accuracy": float(self.correct[-1].float().mean()),
+            "exit_shares": (torch.bincount(exit_index, minlength=num_exits).double() / n).tolist(),
+            "average_macs": average,
+            "relative_compute": average / self.full_macs if self.full_macs else 1.0,
+        }
+
+
+def collect_exit_logits(network: EarlyExitNetwork, loader: Iterable) -> tuple[list[Tensor], Tensor]:
+    """Logits of every exit over a loader of ``(x, y)`` batches, in one pass, no grad, eval mode.
+
+    Returns:
+        ``num_exits`` CPU tensors ``(N, C)`` and the labels ``(N,)``.
+
+    Example:
+        >>> from torch import nn
+        >>> net = EarlyExitNetwork(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3)), (1, 4), 8, [0.9])
+        >>> logits, labels = collect_exit_logits(net, [(torch.randn(5, 4), torch.zeros(5, dtype=torch.long))])
+        >>> [tuple(t.shape) for t in logits], tuple(labels.shape)
+        ([(5, 3), (5, 3)], (5,))
+    """
+    return _collect(network, loader, "loader")
+
+
+def calibrate_thresholds(
+    network: EarlyExitNetwork,
+    val_loader: Iterable,
+    *,
+    max_accuracy_drop: float | None = _DEFAULT_DROP,
+    target_exit_share: float | None = None,
+    candidates: Sequence[float] | None = None,
+    apply: bool = False,
+) -> CalibrationResult:
+    """Pick exit thresholds on a validation split (never the test split).
+
+    Exactly one target is used: ``max_accuracy_drop`` (0.005 by default) or, when given,
+    ``target_exit_share`` (giving both explicitly is an error):
+
+    - ``max_accuracy_drop``: early-exit accuracy at most this much (absolute, 0.005 = 0.5 points)
+      below the final exit's accuracy, with as little average compute as the search finds. The
+      search is greedy from the first exit: with later exits closed (threshold 1.0), each exit
+      in turn gets the candidate with the least average compute that keeps the constraint.
+    - ``target_exit_share``: at least this fraction of samples leaves before the final exit. The
+      search uses one threshold for all exits, the largest candidate that reaches the share.
+
+    Everything is computed from one pass over ``val_loader`` (see :func:`collect_exit_logits`).
+
+    Args:
+        network: The early-exit network; its thresholds are changed only when ``apply``.
+        val_loader: Validation batches ``(x, y)``.
+        max_accuracy_drop: Allowed accuracy drop in [0, 1], or ``None``; the default 0.005 applies
+            only when ``target_exit_share`` is not given.
+        target_exit_share: Share of early exits in (0, 1], or ``None``.
+        candidates: Thresholds to try, in (0, 1]; default 0.01..1.00 by 0.01 plus 0.995..0.9999.
+        apply: Set the chosen thresholds on ``network``.
+
+    Example:
+        >>> from torch import nn
+        >>> net = EarlyExitNetwork(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3)), (1, 4), 8, [0.9])
+        >>> data = [(torch.randn(16, 4), torch.randint(0, 3, (16,)))]
+        >>> result = calibrate_thresholds(net, data, target_exit_share=0.5)
+        >>> result.exit_shares[0] >= 0.5
+        True
+    """
+    if max_accuracy_drop is _DEFAULT_DROP:
+        max_accuracy_drop = None if target_exit_share is not None else float(_DEFAULT_DROP)
+    if (max_accuracy_drop is None) == (target_exit_share is None):
+        raise ValueError(
+            "Expected exactly one of `max_accuracy_drop` and `target_exit_share`, but got "
+            f"max_accuracy_drop={max_accuracy_drop!r} and target_exit_share={target_exit_share!r}; "
+            "give only one of them."
+        )
+    if max_accuracy_drop is not None and not (is_real(max_accuracy_drop) and 0.0 <= max_accuracy_drop <= 1.0):
+        raise expected("max_accuracy_drop", "a number in [0, 1]", max_accuracy_drop)
+    if target_exit_share is not None and not runtime.is_threshold(target_exit_share):
+        raise expected("target_exit_share", "a number in (0, 1]", target_exit_share)
+    grid = _check_candidates(_DEFAULT_CANDIDATES if candidates is None else candidates)
+    table = _ExitTable(network, val_loader, "val_loader")
+    if max_accuracy_drop is not None:
+        chosen = _greedy_for_accuracy(table, grid, float(max_accuracy_drop))
+    else:
+        chosen = _shared_for_share(table, grid, float(target_exit_share))  # type: ignore[arg-type]
+    if apply:
+        network.thresholds = chosen["thresholds"]
+    fields = ("thresholds", "accuracy", "full_accuracy", "exit_shares", "average_macs", "relative_compute")
+    return CalibrationResult(**{key: chosen[key] for key in fields})
+
+
+def sweep_thresholds(network: EarlyExitNetwork, loader: Iterable, values: Sequence[float]) -> list[dict[str, Any]]:
+    """Accuracy, compute and exit shares with one threshold shared by all exits, per value.
+
+    Returns:
+        One dict per value with ``threshold``, ``thresholds``, ``accuracy``, ``full_accuracy``,
+        ``exit_shares``, ``average_macs`` and ``relative_compute``.
+    """
+    values = _check_candidates(values, name="values", sort=False)
+    table = _ExitTable(network, loader, "loader")
+    return [{"threshold": v, **table.evaluate([v] * (network.num_exits - 1))} for v in values]
+
+
+def plot_accuracy_vs_compute(sweep: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Plot a :func:`sweep_thresholds` result (accuracy against relative compute) to a PNG.
+
+    Uses matplotlib's object API with the Agg canvas, so no global backend is changed.
+    """
+    if not sweep or not all({"accuracy", "relative_compute"} <= set(point) for point in sweep):
+        raise ValueError(f"Expected `sweep` to be a non-empty result of sweep_thresholds, but got {sweep!r}.")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    xs = [p["relative_compute"] for p in sweep]
+    ys = [100 * p["accuracy"] for p in sweep]
+    ax.plot(xs, ys, marker="o")
+    for point, x, y in zip(sweep, xs, ys):
+        if "threshold" in point:
+            ax.annotate(f"{point['threshold']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if "full_accuracy" in sweep[0]:
+        ax.axhline(100 * sweep[0]["full_accuracy"], linestyle="--", color="gray", label="final exit only")
+        ax.legend(loc="lower right")
+    ax.set_xlabel("average compute relative to the network without exits")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Early exit: accuracy vs compute")
+    ax.grid(alpha=0.3)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png", bbox_inches="tight")
+    return out
+
+
+def _collect(network: EarlyExitNetwork, loader: Iterable, name: str) -> tuple[list[Tensor], Tensor]:
+    reference = next(network.parameters(), None)
+    device = None if reference is None else reference.device
+    outputs: list[list[Tensor]] = [[] for _ in range(network.num_exits)]
+    labels = []
+    with torch.no_grad(), eval_mode(network):
+        for batch in loader:
+            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                raise ValueError(f"Expected `{name}` to yield (x, y) batches, but got a {type(batch).__name__}.")
+            for store, logits in zip(outputs, network(batch[0].to(device))):
+                store.append(logits.float().cpu())  # (B, C)
+            labels.append(torch.as_tensor(batch[1]).long().cpu())  # (B,)
+    if not labels:
+        raise ValueError(f"Expected `{name}` to yield at least one (x, y) batch, but got an empty loader {loader!r}.")
+    return [torch.cat(store) for store in outputs], torch.cat(labels)
+
+
+def _greedy_for_accuracy(table: _ExitTable, grid: list[float], max_drop: float) -> dict[str, Any]:
+    """Greedy from the first exit: least compute that keeps accuracy >= full - max_drop."""
+    num_thresholds = table.scores.shape[0]
+    thresholds = [1.0] * num_thresholds  # all closed: exactly the final exit's accuracy
+    best = table.evaluate(thresholds)
+    floor = best["full_accuracy"] - max_drop - 1e-9  # tolerance for float rounding of counts
+    for index in range(num_thresholds):
+        for candidate in grid:
+            trial = table.evaluate(thresholds[:index] + [candidate] + thresholds[index + 1 :])
+            better = (trial["average_macs"], -trial["accuracy"]) < (best["average_macs"], -best["accuracy"])
+            if trial["accuracy"] >= floor and better:
+                best = trial
+        thresholds = best["thresholds"]
+    return best
+
+
+def _shared_for_share(table: _ExitTable, grid: list[float], share: float) -> dict[str, Any]:
+    """The largest shared threshold with at least ``share`` of samples leaving before the final exit."""
+    num_thresholds = table.scores.shape[0]
+    reached = []
+    for candidate in reversed(grid):  # largest first: the most conservative setting wins
+        trial = table.evaluate([candidate] * num_thresholds)
+        early = 1.0 - trial["exit_shares"][-1]
+        if early >= share - 1e-9:
+            return trial
+        reached.append(early)
+    raise ValueError(
+        f"Expected `target_exit_share` to be reachable with the candidate thresholds, but got {share!r}; "
+        f"at most {max(reached):.3f} of the samples leave early. Add lower `candidates` or lower the target."
+    )
+
+
+def _check_candidates(values: Sequence[float], name: str = "candidates", sort: bool = True) -> list[float]:
+    ok = isinstance(values, Sequence) and len(values) > 0 and all(runtime.is_threshold(v) for v in values)
+    if not ok:
+        raise expected(name, "a non-empty sequence of numbers in (0, 1]", values)
+    return sorted({float(v) for v in values}) if sort else [float(v) for v in values]
+
