@@ -125,8 +125,13 @@ def normalise_eval_loaders(loaders: Any, name: str) -> dict[str, DataLoader] | N
 
 def check_resume_path(path: Any) -> str | None:
     """Validate a checkpoint to resume from: it must exist and be a readable Lightning checkpoint."""
+    return load_resume_checkpoint(path)[0]
+
+
+def load_resume_checkpoint(path: Any) -> tuple[str | None, dict[str, Any]]:
+    """``(path, checkpoint)`` of a checkpoint to resume from, validated (``(None, {})`` for no resume)."""
     if path in (None, ""):
-        return None
+        return None, {}
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"Expected `resume_from_checkpoint` to be an existing checkpoint file, but {str(path)!r} does not exist.")
@@ -137,7 +142,7 @@ def check_resume_path(path: Any) -> str | None:
             f"Checkpoint {str(path)!r} is not a Lightning training checkpoint (no 'state_dict'/'loops'); "
             "resume needs a file written by KnowledgeDistillationTraining or a Lightning Trainer."
         )
-    return str(file)
+    return str(file), checkpoint
 
 
 def find_last_checkpoint(root: Path, name: str) -> str:
@@ -209,11 +214,17 @@ def resume_version(path: str | None, root: Path, name: str) -> str | None:
     return None
 
 
-def check_resume_fits(path: str | None, module: Any) -> None:
+def train_loader_state(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The training loader's state a mid-epoch checkpoint holds (see ``ResumableDataLoader``), or ``None``."""
+    states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader") or []
+    return states[0] if len(states) == 1 and isinstance(states[0], dict) else None
+
+
+def check_resume_fits(path: str | None, checkpoint: Mapping[str, Any], module: Any) -> None:
     """The checkpoint to resume must hold this module's weights (same keys and shapes)."""
     if path is None:
         return
-    state = load_torch(path, what="checkpoint").get("state_dict", {})
+    state = checkpoint.get("state_dict", {})
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

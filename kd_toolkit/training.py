@@ -191,8 +191,13 @@ class KnowledgeDistillationTraining:
         self.experiment_name = experiment_name or comet_exp_name or "kd"
         if resume_from_checkpoint == "last":
             resume_from_checkpoint = targs.find_last_checkpoint(self.root_dir, self.experiment_name)
-        self.ckpt_path = targs.check_resume_path(resume_from_checkpoint)
-        targs.check_resume_fits(self.ckpt_path, module)
+        self.ckpt_path, checkpoint = targs.load_resume_checkpoint(resume_from_checkpoint)
+        targs.check_resume_fits(self.ckpt_path, checkpoint, module)
+        loader_state = targs.train_loader_state(checkpoint)
+        if loader_state is not None and isinstance(self.train_loader, ResumableDataLoader):
+            # given now: Lightning builds the epoch's iterator (for `estimated_stepping_batches`) before it
+            # restores the loops, so it would never hand this state over in time
+            self.train_loader.load_state_dict(loader_state)
         from kd_toolkit.tracking import build_loggers, log_hyperparams  # a bad Comet info file fails here
 
         self.loggers = build_loggers(

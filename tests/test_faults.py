@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
 
@@ -149,3 +151,36 @@ def test_gradient_norms_reach_the_csv_on_every_logging_step(tmp_path, loaders):
     norm_key = next(k for k in rows[0] if k.startswith("grad_2.0_norm"))
     assert len(step_rows) == 6  # steps 2, 5, 8 of two epochs
     assert all(r.get(norm_key) for r in step_rows), [(r["step"], r.get(norm_key)) for r in step_rows]
+
+
+class _CtrlCAt(pl.Callback):
+    """Sends this process a real SIGINT part-way through an epoch (what Ctrl-C does)."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_writes_a_checkpoint_that_resumes_to_the_same_weights(tmp_path, loaders, trained_teacher):
+    from tests.test_training import _resume_run
+
+    reference = _resume_run(tmp_path, loaders, trained_teacher, "full")
+    reference.fit()
+    expected = reference.get_student_model().state_dict()
+    interrupted = _resume_run(tmp_path, loaders, trained_teacher, "ctrl_c", callbacks=[_CtrlCAt(epoch=1, batch=5)])
+    try:
+        with pytest.raises(SystemExit), pytest.warns(UserWarning, match=r"interrupted\.ckpt"):
+            interrupted.fit()  # Lightning shuts down gracefully and exits with status 1
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores SIGINT while shutting down
+    saved = interrupted.checkpoint_dir / "interrupted.ckpt"
+    assert torch.load(saved, weights_only=True)["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"][
+        "completed"] == 5  # mid-epoch: the partial epoch is kept
+    resumed = _resume_run(tmp_path, loaders, trained_teacher, "ctrl_c", resume_from_checkpoint=str(saved))
+    resumed.fit()
+    got = resumed.get_student_model().state_dict()
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)

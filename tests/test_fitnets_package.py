@@ -268,7 +268,7 @@ def test_hparams_come_from_the_base_and_reload_from_a_checkpoint(tmp_path):
     trainer.fit(module, make_loader(x, y, batch_size=4))
     trainer.save_checkpoint(tmp_path / "fitnets.ckpt")
     restored = FitNetsModule.load_from_checkpoint(tmp_path / "fitnets.ckpt", student=ThinDeepCNN(width=4),
-                                                  teacher=WideCNN(width=8), weights_only=False)
+                                                  teacher=WideCNN(width=8))
     assert restored.alpha == 0.3 and restored.optimizer_spec == "sgd" and restored.stage == "two_stage"
     torch.testing.assert_close(restored.regressors.state_dict(), module.regressors.state_dict())
 
