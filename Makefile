@@ -21,7 +21,7 @@ test: lint typecheck
 	$(PY) -m pytest -q --durations=15
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check kd_toolkit tests benchmarks examples knowledge_distilation.py
+	$(VENV)/bin/ruff check kd_toolkit tests benchmarks examples knowledge_distilation
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -16,8 +16,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=find_packages(include=["kd_toolkit", "kd_toolkit.*"]),
-    py_modules=["knowledge_distilation"],
+    packages=find_packages(include=["kd_toolkit", "kd_toolkit.*", "knowledge_distilation"]),
     include_package_data=True,
     install_requires=[
         "torch>=2.6",  # the first torch whose torch.load defaults to weights_only=True

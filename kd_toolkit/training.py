@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,18 +52,16 @@ class KnowledgeDistillationTraining:
     (``log_to_comet=True`` without network).
 
     Args:
-        teacher_model: frozen teacher ``nn.Module`` (or ``None`` to train on labels alone).
-        student_model: the ``nn.Module`` to train.
-        train_data_loader: training ``DataLoader``.
-        val_data_loaders: ``{name: DataLoader}`` (seed 002) or one DataLoader; ``val_acc`` is the first one's.
-        inference_pipeline: object with ``run_inference_pipeline(model, loader) -> {"inference_result": x}``.
-        num_gpu_used: 0 = CPU, 1 = one GPU, >1 = DDP over that many GPUs; ``None`` = a GPU if available.
+        num_gpu_used: 0 = CPU (the seed's default), 1 = one GPU, >1 = DDP over that many GPUs; ``None`` = a GPU
+            if available.
         max_epoch: number of epochs.
         optimize_method: preset name, optimizer class, or optimizer instance (see :mod:`kd_toolkit.optim`).
         scheduler_method: ``""``, ``"linear_decay_with_warm_up"``, ``"cosine_anneal"`` or ``"step"``.
-        learning_rate: learning rate.
+        learning_rate: learning rate (the seed's default ``1e-4``).
         num_lr_warm_up_epoch: warm-up epochs (``warmup_steps=`` in ``module_kwargs`` for steps).
-        final_loss_coeff_dict: loss weights, e.g. ``{"kd_loss": 0.5, "hard_loss": 0.5}``.
+        final_loss_coeff_dict: loss weights, e.g. ``{"kd_loss": 0.5, "hard_loss": 0.5}``; a component whose
+            weight is 0 or absent is not computed (so label-free batches work with ``{"kd_loss": 1}``).
+            Default: the seed's ``{"kd_loss": 1}`` with a teacher, ``{"hard_loss": 1}`` without.
         log_to_comet: log to comet.ml (offline archive when the server can't be reached).
         comet_info_path: text file with API key, project and workspace on three lines.
         comet_exp_name: Comet experiment name.
@@ -72,11 +71,17 @@ class KnowledgeDistillationTraining:
         accumulate_grad_batches: gradient accumulation steps.
         accelerator: ``"cpu"``, ``"gpu"``, ``"auto"`` ... or a seed-002 strategy name such as ``"ddp"``.
         num_nodes: number of nodes.
-        precision: 16, 32, 64, ``"bf16-mixed"``, ...; 16 on a machine without a GPU falls back to 32 with
-            one warning. ``None`` = 16-mixed on GPU, 32 on CPU.
+        precision: 16 (the seed's default: 16-bit mixed on a GPU; on a machine without one, 32 with one
+            warning), 32, 64, ``"bf16-mixed"``, ...; ``None`` = 16-mixed on GPU, 32 on CPU, silently.
         deterministic: use deterministic algorithms (``True`` warns instead of failing on ops without one).
-        resume_from_checkpoint: path of a checkpoint to resume exactly (model, optimizer, scheduler,
-            epoch, RNG state), ``"last"`` for the newest ``last.ckpt`` of this experiment, or ``""``.
+        resume_from_checkpoint: path of a checkpoint to resume exactly (model, optimizer, scheduler, epoch,
+            RNG state; a mid-epoch ``interrupted.ckpt`` too), ``"last"`` for the newest ``last.ckpt`` of this
+            experiment, or ``None``/``""``.
+        train_data_loader: training ``DataLoader``; batches ``(x, y)`` or label-free ``(x,)``.
+        val_data_loaders: ``{name: DataLoader}`` (seed 002) or one DataLoader; ``val_acc`` is the first one's.
+        inference_pipeline: object with ``run_inference_pipeline(model, loader) -> {"inference_result": x}``.
+        student_model: the ``nn.Module`` to train.
+        teacher_model: frozen teacher ``nn.Module`` (or ``None`` to train on labels alone).
         logging_param: dict logged as hyperparameters to every logger.
         module: a ready LightningModule (instead of teacher/student and the loss arguments).
         datamodule: a LightningDataModule (instead of the loaders).
@@ -113,16 +118,12 @@ class KnowledgeDistillationTraining:
 
     def __init__(
         self,
-        teacher_model: nn.Module | None = None,
-        student_model: nn.Module | None = None,
-        train_data_loader: DataLoader | None = None,
-        val_data_loaders: Mapping[str, DataLoader] | DataLoader | None = None,
-        inference_pipeline: Any = None,
-        num_gpu_used: int | None = None,
+        # seed 002's arguments, in its order and with its defaults (positional calls keep working)
+        num_gpu_used: int | None = 0,
         max_epoch: int = 10,
         optimize_method: Any = "adam",
         scheduler_method: str = "",
-        learning_rate: float = 1e-3,
+        learning_rate: float = 1e-4,
         num_lr_warm_up_epoch: int = 0,
         final_loss_coeff_dict: Mapping[str, float] | None = None,
         log_to_comet: bool = False,
@@ -134,9 +135,14 @@ class KnowledgeDistillationTraining:
         accumulate_grad_batches: int = 1,
         accelerator: str | None = None,
         num_nodes: int = 1,
-        precision: Any = None,
+        precision: Any = 16,
         deterministic: bool = True,
-        resume_from_checkpoint: str | None = "",
+        resume_from_checkpoint: str | None = None,
+        train_data_loader: DataLoader | None = None,
+        val_data_loaders: Mapping[str, DataLoader] | DataLoader | None = None,
+        inference_pipeline: Any = None,
+        student_model: nn.Module | None = None,
+        teacher_model: nn.Module | list[nn.Module] | dict[str, nn.Module] | None = None,
         logging_param: Mapping[str, Any] | None = None,
         *,
         module: pl.LightningModule | None = None,
@@ -174,7 +180,8 @@ class KnowledgeDistillationTraining:
         if module is None:
             module = DistillationModule(
                 student_model,  # type: ignore[arg-type]  # not None: checked by `_check_exclusive`
-                teacher_model, temperature=temperature, loss_weights=final_loss_coeff_dict,
+                teacher_model, temperature=temperature,
+                loss_weights=final_loss_coeff_dict or ({"kd_loss": 1.0} if teacher_model is not None else None),
                 criterion=criterion, optimizer=optimize_method, lr=learning_rate,
                 scheduler=scheduler_method,  # type: ignore[arg-type]  # validated by the module
                 warmup_epochs=num_lr_warm_up_epoch, track_grad_norm=track_grad_norm,
@@ -193,7 +200,7 @@ class KnowledgeDistillationTraining:
             resume_from_checkpoint = targs.find_last_checkpoint(self.root_dir, self.experiment_name)
         self.ckpt_path, checkpoint = targs.load_resume_checkpoint(resume_from_checkpoint)
         targs.check_resume_fits(self.ckpt_path, checkpoint, module)
-        loader_state = targs.train_loader_state(checkpoint)
+        loader_state = targs.train_loader_state(checkpoint, self.train_loader, trainer_kwargs)
         if loader_state is not None and isinstance(self.train_loader, ResumableDataLoader):
             # given now: Lightning builds the epoch's iterator (for `estimated_stepping_batches`) before it
             # restores the loops, so it would never hand this state over in time
@@ -258,15 +265,20 @@ class KnowledgeDistillationTraining:
                        "val_acc" if has_val else "train_loss")
         monitor_mode = monitor_mode or ("min" if "loss" in monitor else "max")
         self.checkpoint_callback: ModelCheckpoint | None = None
+        self.last_callback: ModelCheckpoint | None = None
         callbacks = list(extra or [])
         if checkpointing:
             dirpath = Path(self.loggers[0].log_dir or self.root_dir) / "checkpoints" if self.loggers else self.root_dir / "checkpoints"
             self.checkpoint_callback = SafeModelCheckpoint(
-                dirpath=dirpath, monitor=monitor, mode=monitor_mode, save_last=True, save_top_k=1,
+                dirpath=dirpath, monitor=monitor, mode=monitor_mode, save_top_k=1,
                 filename="best-{epoch:03d}-{" + monitor + ":.4f}", auto_insert_metric_name=False,
             )
+            # `last.ckpt` after every epoch: Lightning's `save_last` writes it only when a best checkpoint is
+            # written, so after an epoch without improvement "last" would silently be an older epoch
+            self.last_callback = SafeModelCheckpoint(dirpath=dirpath, filename="last", monitor=None, save_top_k=1,
+                                                     enable_version_counter=False)
             # Ctrl-C or an exception writes a resumable `interrupted.ckpt` beside the others (said in the log)
-            callbacks += [self.checkpoint_callback, MonitorCheck(monitor),
+            callbacks += [self.checkpoint_callback, self.last_callback, MonitorCheck(monitor),
                           InterruptCheckpoint(dirpath=dirpath, filename="interrupted")]
         if self.loggers and _has_scheduler(scheduler_method, self.module):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
@@ -275,7 +287,9 @@ class KnowledgeDistillationTraining:
     # --------------------------------------------------------------------------------- running
     def fit(self) -> KnowledgeDistillationTraining:
         """Train (resuming from ``resume_from_checkpoint`` when given)."""
-        with quiet_lightning(self.quiet):
+        with quiet_lightning(self.quiet), warnings.catch_warnings():
+            if self._fit_datamodule is None and self.val_loaders is None:  # no validation asked for: no news
+                warnings.filterwarnings("ignore", message=r".*defined a `validation_step` but have no `val_dataloader`")
             if self._fit_datamodule is not None:
                 self.trainer.fit(self.module, datamodule=self._fit_datamodule, ckpt_path=self.ckpt_path,
                                  weights_only=True)
@@ -288,19 +302,19 @@ class KnowledgeDistillationTraining:
     def _sync_paths_after_spawn(self) -> None:
         # Under `ddp_spawn` the workers train; Lightning sends back the weights and the best path, not the
         # last one: find it where the workers wrote it.
-        callback = self.checkpoint_callback
-        if callback is not None and not callback.last_model_path and callback.dirpath:
+        callback = self.last_callback
+        if callback is not None and not callback.best_model_path and callback.dirpath:
             last = Path(callback.dirpath) / "last.ckpt"
             if last.is_file():
-                callback.last_model_path = str(last)
+                callback.best_model_path = str(last)
 
     def test(self, ckpt: str | None = "best") -> list[Mapping[str, float]]:
         """Evaluate on the test loaders (or the datamodule's) with the ``"best"`` or ``"last"`` weights,
         or the in-memory weights (``ckpt=None``)."""
         if ckpt not in ("best", "last", None):
             raise ValueError(f"Expected `ckpt` to be 'best', 'last' or None, but got {ckpt!r}.")
-        if ckpt is not None and (self.checkpoint_callback is None or not self.checkpoint_callback.best_model_path):
-            ckpt = None  # nothing saved yet: evaluate the weights in memory
+        path = {"best": self.best_checkpoint, "last": self.last_checkpoint, None: None}[ckpt]
+        ckpt = path  # None when nothing was saved yet: evaluate the weights in memory
         with quiet_lightning(self.quiet):
             if self.test_loaders is not None:
                 return self.trainer.test(self.module, dataloaders=self.test_loaders, ckpt_path=ckpt,
@@ -343,7 +357,7 @@ class KnowledgeDistillationTraining:
 
     @property
     def last_checkpoint(self) -> str | None:
-        return (self.checkpoint_callback.last_model_path or None) if self.checkpoint_callback else None
+        return (self.last_callback.best_model_path or None) if self.last_callback else None
 
 
 def _as_list(value: Any) -> list[Any]:

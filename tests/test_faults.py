@@ -22,7 +22,7 @@ FAST = dict(enable_progress_bar=False, quiet=True, num_gpu_used=0)
 
 def _run(tmp_path, loaders, **kwargs):
     base = dict(student_model=TinyMLP(), train_data_loader=loaders("train"), val_data_loaders={"val": loaders("val")},
-                max_epoch=1, default_root_dir=tmp_path, limit_train_batches=3, **FAST)
+                max_epoch=1, default_root_dir=tmp_path, limit_train_batches=3, learning_rate=1e-2, **FAST)
     return KnowledgeDistillationTraining(**{**base, **kwargs})
 
 

@@ -124,7 +124,8 @@ def _train(name: str, role: str, model: nn.Module, teacher: nn.Module | None, sp
         teacher_model=teacher, student_model=model, train_data_loader=split.train_loader,
         val_data_loaders={"val": split.val_loader}, max_epoch=epochs, learning_rate=lr,
         temperature=cfg.temperature, final_loss_coeff_dict=weights, cache_teacher_outputs=teacher is not None,
-        seed=cfg.seed, default_root_dir=root / "lightning_logs", experiment_name=role, quiet=True,
+        seed=cfg.seed, num_gpu_used=None, precision=None,  # a GPU when there is one, 16-mixed on it
+        default_root_dir=root / "lightning_logs", experiment_name=role, quiet=True,
         enable_progress_bar=progress_bar, log_every_n_steps=10, **limits,
     )
     start = time.perf_counter()
