@@ -73,29 +73,28 @@ class EpochLosses:
         self.samples += batch_size
         return names, values
 
-    def mean_tensors(self) -> dict[str, Tensor]:
-        """Per-sample means on the device (this rank's), ``train_loss`` first."""
+    def _totals(self) -> tuple[dict[str, Tensor], dict[str, int]]:
         sums: dict[str, Tensor] = {}
         counts: dict[str, int] = {}
         for names, (acc, count) in self._sums.items():
             for name, value in zip(names, acc.unbind()):
                 sums[name] = sums[name] + value if name in sums else value
                 counts[name] = counts.get(name, 0) + count
+        return sums, counts
+
+    def mean_tensors(self) -> dict[str, Tensor]:
+        """Per-sample means on the device (this rank's), ``train_loss`` first."""
+        sums, counts = self._totals()
         return {name: sums[name] / max(1, counts[name]) for name in sums}
 
     def means(self, reduce: Any = None) -> dict[str, float]:
         """Per-sample means as floats; ``reduce(tensor) -> tensor`` sums over DDP ranks when given."""
-        sums: dict[str, Tensor] = {}
-        counts: dict[str, float] = {}
-        for names, (acc, count) in self._sums.items():
-            for name, value in zip(names, acc.unbind()):
-                sums[name] = sums[name] + value if name in sums else value
-                counts[name] = counts.get(name, 0.0) + count
+        sums, counts = self._totals()
         if not sums:
             return {}
         keys = list(sums)
         stacked = torch.stack([sums[k] for k in keys])  # (K,)
-        totals = torch.tensor([counts[k] for k in keys], device=stacked.device)
+        totals = torch.tensor([float(counts[k]) for k in keys], device=stacked.device)
         if reduce is not None:
             stacked, totals = reduce(stacked), reduce(totals)
         return dict(zip(keys, (stacked / totals.clamp_min(1)).tolist()))
