@@ -205,7 +205,7 @@ class KnowledgeDistillationTraining:
             # given now: Lightning builds the epoch's iterator (for `estimated_stepping_batches`) before it
             # restores the loops, so it would never hand this state over in time
             self.train_loader.load_state_dict(loader_state)
-        from kd_toolkit.tracking import build_loggers, log_hyperparams  # a bad Comet info file fails here
+        from kd_toolkit.tracking import build_loggers  # a bad Comet info file fails here
 
         self.loggers = build_loggers(
             self.root_dir, self.experiment_name, csv=csv_logging, tensorboard=tensorboard,
@@ -218,7 +218,8 @@ class KnowledgeDistillationTraining:
                       "devices": str(hardware["devices"]), "strategy": str(hardware["strategy"]),
                       "batch_size": getattr(self.train_loader, "batch_size", None), "deterministic": deterministic,
                       "resume_from_checkpoint": self.ckpt_path or ""}
-        log_hyperparams(self.loggers, {"run": run_params, **logging_param})
+        self._run_params: dict[str, Any] | None = {"run": run_params, **logging_param}  # logged when `fit` starts,
+        # so a constructor that fails below leaves no empty version_N/ folder behind
         all_callbacks = self._callbacks(callbacks, checkpointing, monitor, monitor_mode, scheduler_method)
         trainer_kwargs["plugins"] = [*_as_list(trainer_kwargs.get("plugins")), SafeCheckpointIO()]
         trainer_kwargs.setdefault("log_every_n_steps", 50)
@@ -287,6 +288,11 @@ class KnowledgeDistillationTraining:
     # --------------------------------------------------------------------------------- running
     def fit(self) -> KnowledgeDistillationTraining:
         """Train (resuming from ``resume_from_checkpoint`` when given)."""
+        if self._run_params is not None:
+            from kd_toolkit.tracking import log_hyperparams
+
+            log_hyperparams(self.loggers, self._run_params)
+            self._run_params = None
         with quiet_lightning(self.quiet), warnings.catch_warnings():
             if self._fit_datamodule is None and self.val_loaders is None:  # no validation asked for: no news
                 warnings.filterwarnings("ignore", message=r".*defined a `validation_step` but have no `val_dataloader`")

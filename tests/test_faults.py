@@ -184,3 +184,9 @@ def test_ctrl_c_writes_a_checkpoint_that_resumes_to_the_same_weights(tmp_path, l
     got = resumed.get_student_model().state_dict()
     for key, value in expected.items():
         torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_a_constructor_that_fails_leaves_no_empty_run_folder(tmp_path, loaders):
+    with pytest.raises(ValueError, match="strategy"):
+        _run(tmp_path, loaders, strategy="no-such-strategy", tensorboard=True)
+    assert not list(tmp_path.rglob("*"))
