@@ -10,12 +10,13 @@ file that was not written.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_warn
 
@@ -100,13 +101,19 @@ class MonitorCheck(pl.Callback):
             self._check(trainer)
 
 
-class InterruptCheckpoint(OnExceptionCheckpoint):
-    """Lightning's ``OnExceptionCheckpoint`` (Ctrl-C or an exception during ``fit`` writes a resumable
-    checkpoint) that also says where the file is."""
+class InterruptCheckpoint(pl.Callback):
+    """Ctrl-C or an exception during ``fit`` writes a resumable checkpoint, and says where it is.
+
+    Not Lightning's ``OnExceptionCheckpoint``: with that callback present, Lightning turns every
+    ``fit(ckpt_path=None)`` into ``ckpt_path="last"`` (and warns), i.e. a new run could silently resume.
+    """
+
+    def __init__(self, dirpath: str | os.PathLike[str], filename: str = "interrupted") -> None:
+        self.ckpt_path = os.path.join(os.fspath(dirpath), f"{filename}.ckpt")
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if trainer.global_step == 0:  # nothing trained yet (e.g. bad input found by a check): nothing to keep
             return
-        super().on_exception(trainer, pl_module, exception)
+        trainer.save_checkpoint(self.ckpt_path)
         rank_zero_warn(f"Training stopped ({type(exception).__name__}); a resumable checkpoint was written to "
                        f"{self.ckpt_path!r}: pass it as `resume_from_checkpoint` to continue.")
