@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -20,6 +20,7 @@ from kd_toolkit._io import load_weights
 from kd_toolkit.core.checkpoint import InterruptCheckpoint, MonitorCheck, SafeCheckpointIO, SafeModelCheckpoint
 from kd_toolkit.core.loaders import ResumableDataLoader, rebuild_loader
 from kd_toolkit.core.module import KDBaseModule
+from kd_toolkit.core.progress import progress_bar
 from kd_toolkit.distillation.cache import cached_training_loader
 from kd_toolkit.distillation.module import DistillationModule
 
@@ -220,7 +221,8 @@ class KnowledgeDistillationTraining:
                       "resume_from_checkpoint": self.ckpt_path or ""}
         self._run_params: dict[str, Any] | None = {"run": run_params, **logging_param}  # logged when `fit` starts,
         # so a constructor that fails below leaves no empty version_N/ folder behind
-        all_callbacks = self._callbacks(callbacks, checkpointing, monitor, monitor_mode, scheduler_method)
+        all_callbacks = self._callbacks(callbacks, checkpointing, monitor, monitor_mode, scheduler_method,
+                                        trainer_kwargs.get("enable_progress_bar", True) is not False)
         trainer_kwargs["plugins"] = [*_as_list(trainer_kwargs.get("plugins")), SafeCheckpointIO()]
         trainer_kwargs.setdefault("log_every_n_steps", 50)
         trainer_kwargs.setdefault("enable_model_summary", not quiet)
@@ -256,7 +258,7 @@ class KnowledgeDistillationTraining:
         self.train_loader = train_loader
 
     def _callbacks(self, extra: Sequence[Callback] | None, checkpointing: bool, monitor: str | None,
-                   monitor_mode: str | None, scheduler_method: str) -> list[Callback]:
+                   monitor_mode: str | None, scheduler_method: str, enable_progress_bar: bool) -> list[Callback]:
         """The best/last checkpoint callback (monitoring ``val_acc`` by default), the LR monitor, the user's."""
         datamodule = self.datamodule
         has_val = self.val_loaders is not None or (datamodule is not None and _overrides(datamodule, "val_dataloader"))
@@ -283,6 +285,8 @@ class KnowledgeDistillationTraining:
                           InterruptCheckpoint(dirpath=dirpath, filename="interrupted")]
         if self.loggers and _has_scheduler(scheduler_method, self.module):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
+        if enable_progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(progress_bar())
         return callbacks
 
     # --------------------------------------------------------------------------------- running
