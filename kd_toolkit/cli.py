@@ -103,7 +103,7 @@ class _DefaultsHelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+        if not any(action.default is v for v in (None, False, argparse.SUPPRESS)) and "default" not in text:
             text += " (default: %(default)s)"
         return text
 
@@ -111,7 +111,8 @@ class _DefaultsHelpFormatter(argparse.HelpFormatter):
 def _per_data(key: str) -> str:
     from kd_toolkit.pipeline import DEFAULTS
 
-    return f"(default: {DEFAULTS['digits'][key]} on digits, {DEFAULTS['mnist'][key]} on mnist)"
+    digits, mnist = DEFAULTS["digits"][key], DEFAULTS["mnist"][key]
+    return f"(default: {digits})" if digits == mnist else f"(default: {digits} on digits, {mnist} on mnist)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,6 +207,15 @@ def _lightning_cli_class() -> type:
     return KDLightningCLI
 
 
+#: Trainer options whose default ``None`` stands for one fixed value: that value, so that ``--help`` shows it
+#: (behaviour unchanged; options where ``None`` means "unset", e.g. ``max_epochs`` with ``max_steps``, stay).
+TRAINER_HELP_DEFAULTS = {
+    "limit_train_batches": 1.0, "limit_val_batches": 1.0, "limit_test_batches": 1.0, "limit_predict_batches": 1.0,
+    "val_check_interval": 1.0, "check_val_every_n_epoch": 1, "num_sanity_val_steps": 2, "log_every_n_steps": 50,
+    "enable_checkpointing": True, "enable_progress_bar": True, "enable_model_summary": True,
+}
+
+
 def _run_lightning_cli(argv: list[str]) -> int:
     import pytorch_lightning as pl
     import torch
@@ -219,6 +229,7 @@ def _run_lightning_cli(argv: list[str]) -> int:
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"pytorch_lightning\.cli")
             _lightning_cli_class()(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True,
                                    subclass_mode_data=True, save_config_kwargs={"overwrite": True},
+                                   trainer_defaults=dict(TRAINER_HELP_DEFAULTS),
                                    parser_kwargs={"prog": "kd-toolkit"})
     finally:
         sys.argv = saved

@@ -98,6 +98,9 @@ def test_lightning_help_shows_the_thread_default(capsys):
         main(["fit", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "--num_threads NUM_THREADS, --num-threads NUM_THREADS" in out and "default: 1)" in out
+    for option, value in (("limit_val_batches", "1.0"), ("log_every_n_steps", "50"), ("enable_progress_bar", "True")):
+        section = out.split(f"--trainer.{option} ", 2)[-1].split("--trainer.", 1)[0]
+        assert f"default: {value}" in section, section
 
 
 # ------------------------------------------------------------------------------ pipeline errors
