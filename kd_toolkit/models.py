@@ -32,7 +32,7 @@ __all__ = ["MLP", "LeNet", "SmallCNN", "create_model", "list_models", "model_ent
 _ModelFn = TypeVar("_ModelFn", bound=Callable[..., nn.Module])
 _MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 #: Method modules whose models register on import; imported lazily (a missing one is skipped).
-_MODEL_MODULES = ("kd_toolkit.fitnets.models", "kd_toolkit.early_exit.models")
+_MODEL_MODULES = ("kd_toolkit.fitnets.models", "kd_toolkit.early_exit.models", "kd_toolkit.pipeline.seed_models")
 
 
 # ---------------------------------------------------------------------------------------- checks

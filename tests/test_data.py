@@ -414,11 +414,25 @@ def test_array_datamodule_splits_and_given_sets():
          r"Expected `val` inputs of shape \(N, 2\), but got \(2, 3\)"),
         ((np.zeros((4, 2)), np.zeros(4, int)), {"test": np.zeros(3)}, "Expected `test` to be an \\(x, y\\) pair"),
         ((np.zeros((4, 2)), np.zeros(4, int)), {"batch_size": -1}, "Expected `batch_size` to be a positive int"),
+        ((np.array([[0.0, np.nan], [1, 1], [2, 2], [3, np.nan]]), np.zeros(4, int)), {},
+         r"Expected `x` to hold finite values, but got 2 NaN and 0 inf entries \(first in sample 0\)"),
+        ((torch.tensor([[0.0], [float("inf")], [1.0]]), torch.zeros(3, dtype=torch.long)), {},
+         r"Expected `x` to hold finite values, but got 0 NaN and 1 inf entries \(first in sample 1\)"),
+        ((np.zeros((4, 2)), np.zeros(4, int)), {"val": (np.array([[1.0, -np.inf]]), np.zeros(1, int))},
+         r"Expected `val\[0\]` to hold finite values, but got 0 NaN and 1 inf"),
+        ((np.zeros((4, 2)), np.zeros(4, int)), {"test": (np.full((2, 2), np.nan, np.float16), np.zeros(2, int))},
+         r"Expected `test\[0\]` to hold finite values, but got 4 NaN"),
     ],
 )
 def test_array_datamodule_errors(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         ArrayDataModule(*args, **kwargs)
+
+
+def test_array_datamodule_accepts_finite_and_integer_inputs():
+    dm = ArrayDataModule(np.arange(8).reshape(4, 2), np.array([0, 1, 0, 1]), val_fraction=0.0)  # ints: no check
+    dm.setup()
+    assert len(dm.train_dataset) == 4
 
 
 def test_array_datamodule_too_small_split():

@@ -55,7 +55,7 @@ def _check_outputs(out: Path, summary: dict, num_classes: int = 10) -> None:
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline")
-    summary = run_pipeline(out, epochs=2, teacher_epochs=2, alpha=0.5, temperature=3.0, progress_bar=False,
+    summary = run_pipeline(out, epochs=2, teacher_epochs=2, alpha=0.3, temperature=3.0, progress_bar=False,
                            print_results=False)
     return out, summary
 
@@ -65,7 +65,7 @@ def test_run_pipeline_writes_every_output(digits_run):
     _check_outputs(out, summary)
     assert set(summary["models"]) == set(KEYS)
     assert summary["splits"] == {"train": 1078, "val": 270, "test": 449}
-    assert summary["config"]["alpha"] == 0.5 and summary["config"]["temperature"] == 3.0
+    assert summary["config"]["alpha"] == 0.3 and summary["config"]["temperature"] == 3.0
     assert summary["config"]["teacher"] == DEFAULTS["digits"]["teacher"]
     assert summary["models"]["teacher"]["params"] > summary["models"]["student_regular"]["params"]
     assert summary["kd_gain"] == pytest.approx(summary["models"]["student_distilled"]["test_accuracy"]
@@ -87,6 +87,26 @@ def test_saved_models_reproduce_the_reported_test_accuracy(digits_run):
     results = evaluate_all_models(models, split.test_loader)
     for key in KEYS:
         assert results[key]["test_accuracy"] == pytest.approx(summary["models"][key]["test_accuracy"])
+
+
+def test_alpha_weighs_the_label_loss_as_in_seed_003(digits_run):
+    """seed 003: loss = alpha * hard_loss + (1 - alpha) * soft_loss; the distilled total is logged per epoch."""
+    out, _ = digits_run
+    history = json.loads((out / "results" / "metrics" / "student_distilled.json").read_text())["history"]
+    for row in history:
+        assert row["train_loss"] == pytest.approx(0.3 * row["train_hard_loss"] + 0.7 * row["train_kd_loss"], rel=1e-3)
+
+
+def test_saved_pth_files_are_bare_state_dicts(digits_run):
+    """models/*.pth as seed 003 saved them: `torch.save(model.state_dict())`, loadable with load_state_dict."""
+    out, summary = digits_run
+    for key, name in zip(KEYS, MODEL_FILES):
+        state = torch.load(out / "models" / name.replace(".pt", ".pth"), map_location="cpu")
+        model = create_model(summary["models"][key]["name"])
+        model.load_state_dict(state)
+        reference = load_pipeline_model(out / "models" / name)
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+    assert summary["files"]["state_dicts"]["student_distilled"] == "models/student_distilled.pth"
 
 
 def test_saved_teacher_loads_as_a_teacher_checkpoint(digits_run):
@@ -121,6 +141,7 @@ def test_pipeline_on_mnist_test_files(tmp_path):
     (the cached teacher pass covers all 7,000 training images whatever `limit_batches` is)."""
     summary = run_pipeline(tmp_path, data=f"mnist:{MNIST_DIR}", epochs=1, teacher_epochs=1, limit_batches=2,
                            teacher="mnist_student_30", progress_bar=False, print_results=False, save_predictions=False)
+    assert DEFAULTS["mnist"]["student"] == "seed003_student"  # seed 003's architectures on MNIST
     assert summary["config"]["student"] == DEFAULTS["mnist"]["student"]
     assert summary["splits"] == {"train": 7000, "val": 1000, "test": 2000}
     assert summary["data"]["input_shape"] == [1, 28, 28]

@@ -200,3 +200,57 @@ def test_kd_toolkit_report_is_a_deprecated_alias_of_pipeline_report():
     assert old.__all__ == new.__all__
     for name in old.__all__:
         assert getattr(old, name) is getattr(new, name), name
+
+
+# ------------------------------------------------------------------ what the plots show (issue 14)
+@pytest.fixture
+def figures(monkeypatch):
+    """The Figure each plot function draws, captured instead of written."""
+    import kd_toolkit.pipeline.plots as plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save_figure", lambda fig, path: drawn.append(fig) or Path(path))
+    return drawn
+
+
+def _falling(epochs: int, start: float, end: float) -> list[float]:
+    return list(np.geomspace(start, end, epochs))
+
+
+def test_loss_plot_shows_every_component_on_a_log_scale(figures):
+    epochs = 40
+    hard, kd = _falling(epochs, 2.3, 0.01), _falling(epochs, 20.0, 0.5)
+    distilled = [{"epoch": e, "train_hard_loss": hard[e], "train_kd_loss": kd[e], "train_loss": 0.5 * hard[e] + 0.5 * kd[e],
+                  "val_acc": min(0.99, 0.3 + e / 50)} for e in range(epochs)]
+    regular = [{"epoch": e, "train_hard_loss": hard[e], "train_loss": hard[e], "val_acc": 0.3 + e / 60}
+               for e in range(epochs)]
+    plot_training_curves({"student_regular": regular, "student_distilled": distilled}, "unused.png")
+    loss_ax, acc_ax = figures[-1].axes
+    labels = [line.get_label() for line in loss_ax.get_lines()]
+    assert labels == ["Student (regular): label cross-entropy", "Student (distilled): label cross-entropy",
+                      "Student (distilled): KD term (T²-scaled)", "Student (distilled): weighted total"]
+    assert loss_ax.get_yscale() == "log"  # the later epochs, 100x below the first, stay readable
+    low, high = acc_ax.get_ylim()
+    assert high == 1.0 and low > 0.3  # zoomed on the later epochs, never above 100 %
+    assert "early epochs below the axis" in acc_ax.get_ylabel()
+
+
+def test_short_runs_keep_a_linear_full_axis(figures):
+    plot_training_curves({"teacher": _history(3)}, "unused.png")
+    loss_ax, acc_ax = figures[-1].axes
+    assert loss_ax.get_yscale() == "linear" and "below the axis" not in acc_ax.get_ylabel()
+
+
+def test_accuracy_bars_start_at_zero_and_stop_at_100(figures):
+    plot_accuracy_comparison({"teacher": 1.0, "student_regular": 0.9612, "student_distilled": 0.9688}, "unused.png")
+    ax = figures[-1].axes[0]
+    assert ax.get_ylim() == (0.0, 100.0)
+    assert "distilled - regular: +0.76 points" in ax.get_title()
+    assert all(text.xyann[1] < 0 for text in ax.texts)  # value labels inside the bars, below 100 %
+
+
+def test_teacher_plot_shows_train_accuracy_when_recorded(figures):
+    history = [{"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1 / (e + 1), "train_acc": 0.8, "val_acc": 0.7}
+               for e in range(2)]
+    plot_teacher_training(history, "unused.png")
+    assert [line.get_label() for line in figures[-1].axes[1].get_lines()] == ["train", "validation"]

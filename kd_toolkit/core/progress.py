@@ -1,5 +1,9 @@
-"""The progress bar of kd_toolkit's runs: Lightning's own, without the ``v_num`` column (the run folder's
-version number, shown as ``v_num: on_0`` for ``version_0`` folders: noise, not progress)."""
+"""The progress bar of kd_toolkit's runs (the orchestrator, the pipeline and ``kd-toolkit fit|...``).
+
+Lightning's bar appends ``v_num``, the logger's version; kd_toolkit's run folders are named ``version_N``,
+which Lightning cuts to its last four characters (``v_num=on_0``): noise, not progress. The run folder is
+printed elsewhere, so the bar shows only the metrics logged with ``prog_bar=True`` (losses, accuracy).
+"""
 
 from __future__ import annotations
 
@@ -9,24 +13,30 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
 
-__all__ = ["progress_bar"]
+__all__ = ["MetricsProgressBar", "RichMetricsProgressBar", "progress_bar"]
 
 
-def _without_version(metrics: dict[str, Any]) -> dict[str, Any]:
-    metrics.pop("v_num", None)
-    return metrics
-
-
-class _RichBar(RichProgressBar):
+class _WithoutVersion:
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        return _without_version(super().get_metrics(trainer, pl_module))
+        items: dict[str, Any] = super().get_metrics(trainer, pl_module)  # type: ignore[misc]
+        items.pop("v_num", None)
+        return items
 
 
-class _TQDMBar(TQDMProgressBar):
-    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        return _without_version(super().get_metrics(trainer, pl_module))
+class MetricsProgressBar(_WithoutVersion, TQDMProgressBar):
+    """``TQDMProgressBar`` without ``v_num``.
+
+    Example:
+        >>> trainer = pl.Trainer(callbacks=[MetricsProgressBar()], logger=False, enable_checkpointing=False)
+        >>> type(trainer.progress_bar_callback).__name__
+        'MetricsProgressBar'
+    """
+
+
+class RichMetricsProgressBar(_WithoutVersion, RichProgressBar):
+    """``RichProgressBar`` without ``v_num``."""
 
 
 def progress_bar() -> ProgressBar:
-    """The bar Lightning would pick (rich when it is installed, else tqdm), showing the losses and metrics only."""
-    return _RichBar() if importlib.util.find_spec("rich") is not None else _TQDMBar()
+    """The bar Lightning would pick (rich when it is installed, else tqdm), without ``v_num``."""
+    return RichMetricsProgressBar() if importlib.util.find_spec("rich") is not None else MetricsProgressBar()

@@ -14,7 +14,7 @@ from torch import Tensor
 from kd_toolkit.data.loaders import TensorBatchDataset
 from kd_toolkit.data.modules import _SplitsDataModule
 
-__all__ = ["MNIST_MEAN", "MNIST_STD", "MNISTDataModule", "load_mnist_idx"]
+__all__ = ["MNIST_MEAN", "MNIST_STD", "MNISTDataModule", "load_mnist_idx", "mnist_tensors"]
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 _IDX_FILES = {
@@ -96,6 +96,30 @@ def load_mnist_idx(data_dir: str | Path, split: Literal["train", "test"] = "test
     return pixels.reshape(tuple(image_dims)).copy(), labels.astype(np.int64)
 
 
+def mnist_tensors(data_dir: str | Path, split: Literal["train", "test"] = "test",
+                  normalize: bool = True) -> tuple[Tensor, Tensor]:
+    """MNIST's IDX files as tensors, preprocessed as torchvision's ``ToTensor()`` + ``Normalize``.
+
+    Args:
+        data_dir: Folder with the IDX files (directly or under ``MNIST/raw``).
+        split: ``"train"`` or ``"test"``.
+        normalize: Standardise with ``MNIST_MEAN``/``MNIST_STD``; otherwise pixels in [0, 1].
+
+    Returns:
+        Images float32 ``(N, 1, 28, 28)`` and labels int64 ``(N,)``.
+
+    Example:
+        >>> x, y = mnist_tensors("../shared/data/mnist-test")  # doctest: +SKIP
+        >>> x.shape, y.dtype  # doctest: +SKIP
+        (torch.Size([10000, 1, 28, 28]), torch.int64)
+    """
+    images, labels = load_mnist_idx(data_dir, split)
+    x = torch.from_numpy(images).unsqueeze(1).float().div_(255.0)  # (N, 1, 28, 28) in [0, 1]
+    if normalize:
+        x = x.sub_(MNIST_MEAN).div_(MNIST_STD)
+    return x, torch.from_numpy(labels)
+
+
 class MNISTDataModule(_SplitsDataModule):
     """MNIST from torchvision's raw IDX files, as float32 ``(N, 1, 28, 28)`` tensors.
 
@@ -139,11 +163,7 @@ class MNISTDataModule(_SplitsDataModule):
             MNIST(str(self.data_dir), train=True, download=True)  # fetches all four raw files
 
     def _tensors(self, split: Literal["train", "test"]) -> tuple[Tensor, Tensor]:
-        images, labels = load_mnist_idx(self.data_dir, split)
-        x = torch.from_numpy(images).unsqueeze(1).float().div_(255.0)  # (N, 1, 28, 28) in [0, 1]
-        if self.normalize:
-            x = x.sub_(MNIST_MEAN).div_(MNIST_STD)
-        return x, torch.from_numpy(labels)
+        return mnist_tensors(self.data_dir, split, normalize=self.normalize)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:

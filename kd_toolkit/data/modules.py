@@ -30,10 +30,23 @@ def _check_fractions(val_fraction: Any, test_fraction: Any) -> tuple[float, floa
     return val, test
 
 
-def _as_xy(x: Any, y: Any, name: str) -> tuple[Tensor, Tensor]:
+def _check_finite(x: Tensor, name: str) -> None:
+    """Refuse NaN/inf inputs: one bad pixel makes every loss (and every later gradient) NaN."""
+    if not (x.is_floating_point() or x.is_complex()) or x.numel() == 0:
+        return
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        first = int(bad.reshape(len(x), -1).any(1).nonzero()[0, 0]) if x.ndim else 0
+        nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+        raise ValueError(f"Expected `{name}` to hold finite values, but got {nan} NaN and {inf} inf entries "
+                         f"(first in sample {first}); drop or impute them before training.")
+
+
+def _as_xy(x: Any, y: Any, name: str, x_name: str = "x") -> tuple[Tensor, Tensor]:
     x, y = torch.as_tensor(x), torch.as_tensor(y)
     if x.is_floating_point():
         x = x.float()
+    _check_finite(x, x_name)
     if y.ndim != 1 or y.is_floating_point() or y.is_complex() or len(x) != len(y):
         raise ValueError(f"Expected `{name}` labels to be integer class ids of shape ({len(x)},), but got dtype "
                          f"{y.dtype} and shape {tuple(y.shape)}.")
@@ -142,6 +155,7 @@ class ArrayDataModule(_SplitsDataModule):
     """Any in-memory arrays or tensors; validation/test sets given or split off stratified.
 
     Floating inputs become float32, labels int64 class ids; ``num_classes`` is the largest label + 1.
+    Inputs with NaN or inf are refused (``ValueError`` naming the argument).
 
     Args:
         x: Inputs ``(N, ...)``.
@@ -180,7 +194,7 @@ class ArrayDataModule(_SplitsDataModule):
             return None
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise ValueError(f"Expected `{name}` to be an (x, y) pair, but got {type(pair).__name__}.")
-        px, py = _as_xy(pair[0], pair[1], name)
+        px, py = _as_xy(pair[0], pair[1], name, x_name=f"{name}[0]")
         if tuple(px.shape[1:]) != self.input_shape:
             raise ValueError(f"Expected `{name}` inputs of shape (N, {', '.join(map(str, self.input_shape))}),"
                              f" but got {tuple(px.shape)}.")

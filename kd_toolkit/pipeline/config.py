@@ -8,8 +8,15 @@ from typing import Any, Literal
 
 from kd_toolkit._checks import check_float, check_int, expected, is_int
 from kd_toolkit.models import list_models
+from kd_toolkit.pipeline import seed_models  # noqa: F401  (registers seed003_teacher / seed003_student)
 
-__all__ = ["DEFAULTS", "PipelineConfig", "parse_data_spec", "resolve_config"]
+__all__ = ["DEFAULTS", "DEFAULT_NUM_THREADS", "PipelineConfig", "default_output_dir", "parse_data_spec",
+           "resolve_config"]
+
+#: torch CPU threads of the pipeline and of ``kd-toolkit fit|validate|test|predict`` (``--num-threads``).
+#: One: on a CPU shared with other jobs, torch's spinning worker threads made these small models 5-30x
+#: slower with 2 threads; on a machine of your own, more threads speed up larger models.
+DEFAULT_NUM_THREADS = 1
 
 # Measured over seeds 0-9 with these defaults: KD lowers the MLP `digits_student`'s test accuracy by 0.7 points
 # on average, and raises that of a CNN student of the same size (SmallCNN, channels (4, 8), hidden 16: 1,034
@@ -20,10 +27,25 @@ _DIGITS_STUDENT = "digits_cnn_student" if "digits_cnn_student" in list_models() 
 #: per-dataset defaults of :func:`~kd_toolkit.pipeline.run_pipeline`, chosen on the validation split
 DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": {"teacher": "digits_cnn_teacher", "student": _DIGITS_STUDENT, "epochs": 60, "teacher_epochs": 20,
-               "lr": 1e-2, "teacher_lr": 3e-3, "batch_size": 64, "temperature": 4.0, "alpha": 0.5, "num_threads": 1},
-    "mnist": {"teacher": "mnist_cnn_teacher", "student": "mnist_student_30", "epochs": 30, "teacher_epochs": 5,
-              "lr": 3e-3, "teacher_lr": 1e-3, "batch_size": 128, "temperature": 4.0, "alpha": 0.5, "num_threads": 1},
+               "lr": 1e-2, "teacher_lr": 3e-3, "batch_size": 64, "temperature": 4.0, "alpha": 0.5,
+               "num_threads": DEFAULT_NUM_THREADS},
+    # seed 003's own architectures, so that models/*.pth load into its scripts
+    "mnist": {"teacher": "seed003_teacher", "student": "seed003_student", "epochs": 30, "teacher_epochs": 5,
+              "lr": 3e-3, "teacher_lr": 1e-3, "batch_size": 128, "temperature": 4.0, "alpha": 0.5,
+              "num_threads": DEFAULT_NUM_THREADS},
 }
+
+
+def default_output_dir(data: str) -> Path:
+    """Where a run on ``data`` goes unless told: one folder per data set, so that a run on MNIST never
+    overwrites the digits run that ``configs/distill_digits.yaml`` loads its teacher from.
+
+    Example:
+        >>> str(default_output_dir("digits")), str(default_output_dir("mnist:../shared/data/mnist-test"))
+        ('runs/pipeline', 'runs/pipeline_mnist')
+    """
+    kind, _ = parse_data_spec(data)
+    return Path("runs/pipeline" if kind == "digits" else f"runs/pipeline_{kind}")
 
 
 def parse_data_spec(value: str) -> tuple[Literal["digits", "mnist"], Path | None]:
@@ -106,7 +128,8 @@ def resolve_config(data: str = "digits", *, seed: int = 0, teacher: str | None =
         teacher: Registry name of the teacher (``None``: the dataset's default).
         student: Registry name of the students (``None``: the dataset's default).
         limit_batches: Batches (int) or fraction of them (float in (0, 1]) per epoch, or ``None``.
-        **options: ``epochs``, ``teacher_epochs``, ``temperature``, ``alpha``, ``batch_size``, ``lr``,
+        **options: ``epochs``, ``teacher_epochs``, ``temperature``, ``alpha`` (weight of the label
+            cross-entropy; the KD term gets ``1 - alpha``, as in seed 003), ``batch_size``, ``lr``,
             ``teacher_lr`` and ``num_threads`` (``None``: the default).
 
     Returns:

@@ -76,6 +76,10 @@ def evaluate_all_models(models: Mapping[str, nn.Module], test_loader: DataLoader
 def load_pipeline_model(path: str | Path) -> nn.Module:
     """Rebuild a model saved by the pipeline (``models/*.pt``) from its registry name and weights.
 
+    Beside each ``.pt`` the pipeline writes ``.pth``, the bare state dict as seed 003 saved it: load that with
+    ``model.load_state_dict(torch.load(path))`` into the registry model named in ``summary.json``
+    (``create_model(name)``), or on MNIST runs into seed 003's own ``TeacherModel``/``StudentModel``.
+
     Args:
         path: A model file written by the pipeline.
 

@@ -53,9 +53,31 @@ def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int], 
     return [p[0] + 1 for p in points], [p[1] for p in points]  # epochs shown 1-based
 
 
+def _log_scale_if_positive(ax: Any) -> None:
+    """Log y axis when every plotted value is positive: losses fall by orders of magnitude in the first
+    epochs, and on a linear axis the later epochs, where the models differ, are a flat line."""
+    values = np.concatenate([np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()] or [np.ones(1)])
+    if values.size and np.all(values > 0) and values.max() / values.min() > 3:
+        ax.set_yscale("log")
+
+
+def _zoom_on_later_epochs(ax: Any, series: Sequence[Sequence[float]], top: float = 1.0) -> None:
+    """Accuracy axis from a little below the lowest value after the first quarter of the epochs (of each
+    series) up to ``top`` (never above 100 %), when earlier points lie lower: those are cut off, which the axis
+    label says. Short runs (under 4 epochs) keep the full axis."""
+    later = [v for values in series if len(values) >= 4 for v in values[len(values) // 4:]]
+    if not later:
+        return
+    low = max(0.0, min(later) - 0.05 * (top - min(later)) - 0.005)
+    if min(v for values in series for v in values) < low:
+        ax.set_ylim(low, top)
+        ax.set_ylabel(ax.get_ylabel() + " (early epochs below the axis)")
+
+
 # ------------------------------------------------------------------------------------------ plots
 def plot_teacher_training(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Teacher's training and validation loss, and validation accuracy, per epoch.
+    """Teacher's training and validation loss (log scale when it spans a wide range) and its training (where
+    recorded) and validation accuracy, per epoch.
 
     Example:
         >>> history = [{"epoch": 0, "train_loss": 1.0, "val_loss": 0.9, "val_acc": 0.7}]
@@ -68,47 +90,61 @@ def plot_teacher_training(history: Sequence[Mapping[str, Any]], path: str | Path
         epochs, values = _series(history, key)
         loss_ax.plot(epochs, values, marker="o", markersize=3, label=name)
     loss_ax.set(title="Teacher: loss", xlabel="epoch", ylabel="cross-entropy")
+    _log_scale_if_positive(loss_ax)
     loss_ax.legend()
-    epochs, values = _series(history, "val_acc")
-    acc_ax.plot(epochs, values, marker="o", markersize=3, color=_COLORS["teacher"])
-    acc_ax.set(title="Teacher: validation accuracy", xlabel="epoch", ylabel="accuracy")
-    acc_ax.grid(alpha=0.3)
+    for key, name, style in (("train_acc", "train", "--"), ("val_acc", "validation", "-")):
+        epochs, values = _series(history, key)
+        if values:
+            acc_ax.plot(epochs, values, style, marker="o", markersize=3, color=_COLORS["teacher"], label=name)
+    acc_ax.set(title="Teacher: accuracy", xlabel="epoch", ylabel="accuracy")
+    _zoom_on_later_epochs(acc_ax, [_series(history, "val_acc")[1]])
+    acc_ax.legend()
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3, which="both")
     return _save_figure(fig, path)
 
 
 def plot_training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path) -> Path:
-    """Training cross-entropy on the labels and validation accuracy per epoch, one line per model.
+    """Every training-loss component and the validation accuracy per epoch, one colour per model.
 
-    The distilled student's total loss also contains the KD term (``T**2``-scaled), so the left panel plots
-    every model's ``train_hard_loss`` (the label cross-entropy; ``train_loss`` when absent), which is
-    comparable across models.
+    Left: each model's label cross-entropy (``train_hard_loss``, solid), and for a distilled model also its
+    KD term (``train_kd_loss``, ``T**2``-scaled, dotted) and the weighted total it optimises (``train_loss``,
+    dash-dot); a history with only ``train_loss`` plots that as the total. The axis is logarithmic when the
+    losses span a wide range, so that the later epochs stay visible. Right: validation accuracy.
 
     Example:
         >>> history = [{"epoch": 0, "train_hard_loss": 1.0, "val_acc": 0.8}, {"epoch": 1, "train_hard_loss": 0.5}]
         >>> plot_training_curves({"teacher": history}, getfixture("tmp_path") / "c.png").exists()
         True
     """
-    fig = Figure(figsize=(11, 4))
+    fig = Figure(figsize=(12, 4.5))
     loss_ax, acc_ax = fig.subplots(1, 2)
     for key, history in histories.items():
-        color = _COLORS.get(key)
-        epochs, values = _series(history, "train_hard_loss")
-        if not values:
-            epochs, values = _series(history, "train_loss")
-        loss_ax.plot(epochs, values, color=color, label=model_label(key))
+        color, label = _COLORS.get(key), model_label(key)
+        hard, kd, total = (_series(history, k) for k in ("train_hard_loss", "train_kd_loss", "train_loss"))
+        if hard[1]:
+            loss_ax.plot(*hard, "-", color=color, label=f"{label}: label cross-entropy")
+        if kd[1]:
+            loss_ax.plot(*kd, ":", color=color, linewidth=2, label=f"{label}: KD term (T²-scaled)")
+        if total[1] and (kd[1] or not hard[1]):
+            loss_ax.plot(*total, "-." if hard[1] else "-", color=color,
+                         label=f"{label}: {'weighted total' if kd[1] else 'training loss'}")
         epochs, values = _series(history, "val_acc")
-        acc_ax.plot(epochs, values, color=color, marker="o", markersize=2, label=model_label(key))
-    loss_ax.set(title="Training loss (cross-entropy on labels)", xlabel="epoch", ylabel="loss")
+        acc_ax.plot(epochs, values, color=color, marker="o", markersize=2, label=label)
+    loss_ax.set(title="Training loss components", xlabel="epoch", ylabel="loss")
+    _log_scale_if_positive(loss_ax)
     acc_ax.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy")
+    _zoom_on_later_epochs(acc_ax, [_series(h, "val_acc")[1] for h in histories.values()])
     for ax in (loss_ax, acc_ax):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
     return _save_figure(fig, path)
 
 
 def plot_accuracy_comparison(accuracies: Mapping[str, float], path: str | Path,
                              params: Mapping[str, int] | None = None) -> Path:
-    """Bar chart of test accuracy per model, with the value (and parameter count) on each bar.
+    """Bar chart of test accuracy per model on a 0-100 % axis (a cut axis would make a one-point gap look
+    large), with the value (and parameter count) on each bar and the distilled-minus-regular gap in the title.
 
     Example:
         >>> accuracies = {"teacher": 0.98, "student_regular": 0.9}
@@ -122,11 +158,17 @@ def plot_accuracy_comparison(accuracies: Mapping[str, float], path: str | Path,
     bars = ax.bar([model_label(k) for k in keys], values, color=[_COLORS.get(k, "#8172b3") for k in keys])
     for bar, key, value in zip(bars, keys, values):
         text = f"{value:.2f}%" + (f"\n{params[key]:,} params" if params and key in params else "")
-        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=8,
-                    xytext=(0, 2), textcoords="offset points")
-    low = min(values) if values else 0.0
-    ax.set_ylim(max(0.0, low - 10.0), 100.0 + 3.0)
-    ax.set(title="Test accuracy", ylabel="accuracy (%)")
+        inside = value > 25  # the label goes inside tall bars, so nothing rises above 100 %
+        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, value), ha="center", va="top" if inside else "bottom",
+                    fontsize=8, xytext=(0, -4 if inside else 2), textcoords="offset points",
+                    color="white" if inside else "black", fontweight="bold" if inside else "normal")
+    ax.set_ylim(0.0, 100.0)
+    title = "Test accuracy"
+    if "student_regular" in accuracies and "student_distilled" in accuracies:
+        gap = 100.0 * (float(accuracies["student_distilled"]) - float(accuracies["student_regular"]))
+        title += f" (distilled - regular: {gap:+.2f} points)"
+    ax.set(title=title, ylabel="accuracy (%)")
+    ax.grid(axis="y", alpha=0.3)
     return _save_figure(fig, path)
 
 

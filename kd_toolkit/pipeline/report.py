@@ -142,11 +142,15 @@ _PLOTS = ("teacher_training", "training_curves", "accuracy_comparison", "predict
 
 
 def _save_model(run: Any, key: str, split: Any, path: Path) -> Path:
+    """``path`` (``.pt``): state dict + registry name, class count, input shape (:func:`load_pipeline_model`);
+    beside it ``.pth``: the bare state dict, as seed 003 saved it (``torch.save(model.state_dict(), ...)``)."""
     from kd_toolkit import __version__
 
-    payload = {"state_dict": {k: v.detach().cpu() for k, v in run.model.state_dict().items()}, "model_name": run.name,
+    state = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
+    payload = {"state_dict": state, "model_name": run.name,
                "num_classes": int(split.num_classes), "input_shape": [int(s) for s in split.input_shape],
                "role": key, "kd_toolkit_version": __version__}
+    save_torch(state, path.with_suffix(".pth"))
     return save_torch(payload, path)
 
 
@@ -164,7 +168,7 @@ def _model_record(key: str, run: Any, res: Mapping[str, Any], model_file: str) -
             "test_loss": res["test_loss"], "train_time_s": round(float(run.train_time_s), 3),
             "epochs_trained": len(run.history), "best_epoch": run.best_epoch,
             "best_val_accuracy": run.best_val_accuracy, "model_file": model_file,
-            "metrics_file": f"results/metrics/{key}.json"}
+            "state_dict_file": str(Path(model_file).with_suffix(".pth")), "metrics_file": f"results/metrics/{key}.json"}
 
 
 def _save_models(out: Path, runs: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]],
@@ -216,6 +220,7 @@ def _summary(out: Path, models: dict[str, dict[str, Any]], split: Any, config: M
     summary["files"] = {
         "report": "report.md", "summary": "results/metrics/summary.json",
         "models": {k: m["model_file"] for k, m in models.items()},
+        "state_dicts": {k: m["state_dict_file"] for k, m in models.items()},
         "metrics": {k: m["metrics_file"] for k, m in models.items()},
         "plots": {name: str(p.relative_to(out)) for name, p in plots.items() if p.exists()},
         "predictions": None if predictions is None else str(predictions.relative_to(out)),

@@ -19,14 +19,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from kd_toolkit._checks import check_int
+from kd_toolkit.core.progress import MetricsProgressBar
 from kd_toolkit.models import create_model
-from kd_toolkit.pipeline.config import DEFAULTS, PipelineConfig, parse_data_spec, resolve_config
+from kd_toolkit.pipeline.config import DEFAULTS, PipelineConfig, default_output_dir, parse_data_spec, resolve_config
 from kd_toolkit.pipeline.evaluation import evaluate_all_models
 from kd_toolkit.pipeline.report import print_summary, read_history, save_and_visualize_results
 
 __all__ = [
-    "DistillationData", "SplitData", "TrainedModel", "load_and_split_data", "prepare_distillation_data",
-    "run_pipeline", "train_students", "train_teacher",
+    "DistillationData", "SplitData", "TrainedModel", "load_and_split_data", "loss_weights", "prepare_distillation_data",
+    "run_pipeline", "torch_threads", "train_students", "train_teacher",
 ]
 
 
@@ -88,8 +89,9 @@ class TrainedModel(NamedTuple):
     name: str
 
 
-def _build_model(name: str, split: SplitData, seed: int) -> nn.Module:
-    """Create a registry model with the split's class count, seeded, and check that it accepts the inputs."""
+def _build_model(name: str, split: Any, seed: int) -> nn.Module:
+    """Create a registry model with the split's class count, seeded, and check that it accepts the inputs
+    (``split``: a :class:`SplitData`, or anything with ``num_classes``, ``name`` and ``train_dataset``)."""
     pl.seed_everything(seed, verbose=False)
     model = create_model(name, num_classes=split.num_classes)
     x = split.train_dataset[0][0].unsqueeze(0)  # (1, *input_shape)
@@ -113,20 +115,35 @@ def _best_epoch(history: list[dict[str, Any]]) -> tuple[float | None, int | None
     return acc, -neg_epoch
 
 
-def _train(name: str, role: str, model: nn.Module, teacher: nn.Module | None, split: SplitData,
-           cfg: PipelineConfig, epochs: int, lr: float, root: Path, progress_bar: bool) -> TrainedModel:
+def loss_weights(alpha: float, distilled: bool = True) -> dict[str, float]:
+    """The loss weights of a pipeline student: seed 003's ``alpha * hard + (1 - alpha) * soft``
+    (``alpha`` weighs the label cross-entropy, ``1 - alpha`` the ``T**2``-scaled KD term).
+
+    Example:
+        >>> loss_weights(0.3), loss_weights(0.3, distilled=False)
+        ({'hard_loss': 0.3, 'kd_loss': 0.7}, {'hard_loss': 1.0})
+    """
+    return {"hard_loss": alpha, "kd_loss": 1.0 - alpha} if distilled else {"hard_loss": 1.0}
+
+
+def _train(name: str, role: str, model: nn.Module, teacher: nn.Module | None, loaders: tuple[DataLoader, DataLoader],
+           cfg: PipelineConfig, epochs: int, lr: float, root: Path, progress_bar: bool,
+           callbacks: tuple[pl.Callback, ...] = ()) -> TrainedModel:
+    """Train ``model`` on ``loaders = (train, val)`` (KD from ``teacher`` when given, its logits cached once)."""
     from kd_toolkit.training import KnowledgeDistillationTraining
 
     limits: dict[str, Any] = {} if cfg.limit_batches is None else {"limit_train_batches": cfg.limit_batches,
                                                     "limit_val_batches": cfg.limit_batches}
-    weights = {"hard_loss": 1.0} if teacher is None else {"kd_loss": cfg.alpha, "hard_loss": 1.0 - cfg.alpha}
+    bar = (MetricsProgressBar(),) if progress_bar else ()
     kd = KnowledgeDistillationTraining(
-        teacher_model=teacher, student_model=model, train_data_loader=split.train_loader,
-        val_data_loaders={"val": split.val_loader}, max_epoch=epochs, learning_rate=lr,
-        temperature=cfg.temperature, final_loss_coeff_dict=weights, cache_teacher_outputs=teacher is not None,
-        seed=cfg.seed, num_gpu_used=None, precision=None,  # a GPU when there is one, 16-mixed on it
-        default_root_dir=root / "lightning_logs", experiment_name=role, quiet=True,
-        enable_progress_bar=progress_bar, log_every_n_steps=10, **limits,
+        teacher_model=teacher, student_model=model, train_data_loader=loaders[0],
+        val_data_loaders={"val": loaders[1]}, max_epoch=epochs, learning_rate=lr,
+        temperature=cfg.temperature, final_loss_coeff_dict=loss_weights(cfg.alpha, teacher is not None),
+        cache_teacher_outputs=teacher is not None, seed=cfg.seed,
+        num_gpu_used=None, precision=None,  # a GPU when there is one, 16-mixed on it
+        default_root_dir=root / "lightning_logs",
+        experiment_name=role, quiet=True, enable_progress_bar=progress_bar, log_every_n_steps=10,
+        callbacks=[*bar, *callbacks], **limits,
     )
     start = time.perf_counter()
     kd.fit()
@@ -151,8 +168,8 @@ def train_teacher(split: SplitData, cfg: PipelineConfig, output_dir: str | Path 
         The trained teacher.
     """
     model = _build_model(cfg.teacher, split, cfg.seed)
-    return _train(cfg.teacher, "teacher", model, None, split, cfg, cfg.teacher_epochs, cfg.teacher_lr,
-                  Path(output_dir), progress_bar)
+    return _train(cfg.teacher, "teacher", model, None, (split.train_loader, split.val_loader), cfg,
+                  cfg.teacher_epochs, cfg.teacher_lr, Path(output_dir), progress_bar)
 
 
 class DistillationData(NamedTuple):
@@ -187,8 +204,9 @@ def prepare_distillation_data(teacher: nn.Module, train_loader: DataLoader, val_
 def train_students(distill: DistillationData, split: SplitData, cfg: PipelineConfig,
                    output_dir: str | Path = "runs/pipeline",
                    progress_bar: bool = True) -> tuple[TrainedModel, TrainedModel]:
-    """Train the regular student (labels only) and the distilled student (labels + KD at ``cfg.temperature``,
-    KD weight ``cfg.alpha``) from the same initial weights and on the same batches.
+    """Train the regular student (labels only) and the distilled student (``cfg.alpha`` times the label
+    cross-entropy plus ``1 - cfg.alpha`` times KD at ``cfg.temperature``, seed 003's loss) from the same initial
+    weights and on the same batches.
 
     Args:
         distill: From :func:`prepare_distillation_data`.
@@ -200,17 +218,16 @@ def train_students(distill: DistillationData, split: SplitData, cfg: PipelineCon
     Returns:
         ``(regular, distilled)``.
     """
-    split = split._replace(train_loader=distill.train_loader, val_loader=distill.val_loader)
     runs = []
     for role, teacher in (("student_regular", None), ("student_distilled", distill.teacher)):
         model = _build_model(cfg.student, split, cfg.seed)
-        runs.append(_train(cfg.student, role, model, teacher, split, cfg, cfg.epochs, cfg.lr, Path(output_dir),
-                           progress_bar))
+        runs.append(_train(cfg.student, role, model, teacher, (distill.train_loader, distill.val_loader), cfg,
+                           cfg.epochs, cfg.lr, Path(output_dir), progress_bar))
     return runs[0], runs[1]
 
 
 # ------------------------------------------------------------------------------------------ running
-def run_pipeline(output_dir: str | Path = "runs/pipeline", data: str = "digits", *, epochs: int | None = None,
+def run_pipeline(output_dir: str | Path | None = None, data: str = "digits", *, epochs: int | None = None,
                  teacher_epochs: int | None = None, temperature: float | None = None, alpha: float | None = None,
                  seed: int = 0, batch_size: int | None = None, lr: float | None = None,
                  teacher_lr: float | None = None, teacher: str | None = None, student: str | None = None,
@@ -219,12 +236,15 @@ def run_pipeline(output_dir: str | Path = "runs/pipeline", data: str = "digits",
     """Teacher → regular student → distilled student → test evaluation → models, metrics, plots, report.
 
     Args:
-        output_dir: where everything is written (see :mod:`kd_toolkit.pipeline`).
+        output_dir: where everything is written (see :mod:`kd_toolkit.pipeline`); ``None``: one folder per
+            data set, ``runs/pipeline`` for digits and ``runs/pipeline_mnist`` for MNIST
+            (:func:`~kd_toolkit.pipeline.default_output_dir`).
         data: ``"digits"`` (embedded 8x8 digits) or ``"mnist:DIR"`` (MNIST IDX files in ``DIR``).
         epochs: epochs of each student. ``None`` arguments take the dataset's :data:`DEFAULTS`.
         teacher_epochs: epochs of the teacher.
         temperature: distillation temperature ``T``.
-        alpha: weight of the KD term; the label cross-entropy gets ``1 - alpha``.
+        alpha: weight of the label cross-entropy; the KD term gets ``1 - alpha`` (seed 003's
+            ``alpha * hard_loss + (1 - alpha) * soft_loss``).
         seed: seed of the data split, the initial weights and the batch order.
         batch_size: batch size of every loader.
         lr: Adam learning rate of both students.
@@ -232,8 +252,9 @@ def run_pipeline(output_dir: str | Path = "runs/pipeline", data: str = "digits",
         teacher: registry name of the teacher (:func:`kd_toolkit.models.list_models`).
         student: registry name of both students.
         limit_batches: Lightning's ``limit_train_batches``/``limit_val_batches`` (int: batches, float: fraction).
-        num_threads: torch CPU threads during the run (restored afterwards). Default 1: on a CPU shared with
-            other jobs, torch's spinning worker threads made these small models 5-30x slower with 2 threads.
+        num_threads: torch CPU threads during the run (restored afterwards). Default
+            :data:`~kd_toolkit.pipeline.DEFAULT_NUM_THREADS` (1): on a CPU shared with other jobs, torch's spinning
+            worker threads made these small models 5-30x slower with 2 threads.
         progress_bar: show Lightning's progress bars.
         save_predictions: write ``results/predictions/test_predictions.csv``.
         print_results: print stage headers and the comparison table.
@@ -241,16 +262,34 @@ def run_pipeline(output_dir: str | Path = "runs/pipeline", data: str = "digits",
     Returns:
         The summary (also ``results/metrics/summary.json``): config, splits, per-model test accuracy, loss,
         params, train time, best epoch, ``kd_gain`` (distilled minus regular test accuracy) and the files.
+
+    The saved models load back with :func:`~kd_toolkit.pipeline.load_pipeline_model` (``models/*.pt``), or as
+    plain state dicts (``models/*.pth``, seed 003's files) into the registry model named in the summary::
+
+        teacher = load_pipeline_model("runs/pipeline/models/teacher_model.pt")
+        student = create_model("seed003_student")  # MNIST runs: seed 003's own StudentModel loads it as well
+        student.load_state_dict(torch.load("runs/pipeline_mnist/models/student_distilled.pth"))
     """
     cfg = resolve_config(data, seed=seed, teacher=teacher, student=student, limit_batches=limit_batches,
                          epochs=epochs, teacher_epochs=teacher_epochs, temperature=temperature, alpha=alpha,
                          batch_size=batch_size, lr=lr, teacher_lr=teacher_lr, num_threads=num_threads)
-    with _torch_threads(cfg.num_threads):
-        return _run(cfg, Path(output_dir), progress_bar, save_predictions, print_results)
+    out = default_output_dir(data) if output_dir is None else Path(output_dir)
+    with torch_threads(cfg.num_threads):
+        return _run(cfg, out, progress_bar, save_predictions, print_results)
 
 
 @contextmanager
-def _torch_threads(count: int | None) -> Iterator[None]:
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Set torch's intra-op CPU threads to ``count`` (``None``: leave them) for the block, then restore them.
+
+    Example:
+        >>> before = torch.get_num_threads()
+        >>> with torch_threads(1):
+        ...     torch.get_num_threads()
+        1
+        >>> torch.get_num_threads() == before
+        True
+    """
     previous = torch.get_num_threads()
     if count is not None:
         torch.set_num_threads(count)
@@ -269,10 +308,12 @@ def _run(cfg: PipelineConfig, out: Path, progress_bar: bool, save_predictions: b
     _build_model(cfg.student, split, cfg.seed)  # a student that can't take these inputs fails before any training
     say(f"[2/5] Training the teacher {cfg.teacher!r} for {cfg.teacher_epochs} epochs")
     teacher_run = train_teacher(split, cfg, out, progress_bar)
+    say(_result_line("teacher", teacher_run))
     distill = prepare_distillation_data(teacher_run.model, split.train_loader, split.val_loader)
     say(f"[3/5] Training the regular and the distilled student {cfg.student!r} for {cfg.epochs} epochs each "
         f"(T={cfg.temperature:g}, alpha={cfg.alpha:g})")
     regular, distilled = train_students(distill, split, cfg, out, progress_bar)
+    say(_result_line("regular student", regular) + "\n" + _result_line("distilled student", distilled))
     runs = {"teacher": teacher_run, "student_regular": regular, "student_distilled": distilled}
     say("[4/5] Evaluating the best checkpoints on the test split")
     results = evaluate_all_models({k: r.model for k, r in runs.items()}, split.test_loader, split.num_classes)
@@ -282,6 +323,12 @@ def _run(cfg: PipelineConfig, out: Path, progress_bar: bool, save_predictions: b
     if print_results:
         print_summary(summary)
     return summary
+
+
+def _result_line(label: str, run: TrainedModel) -> str:
+    best = "no validation" if run.best_val_accuracy is None else \
+        f"best val acc {100 * run.best_val_accuracy:.2f}% at epoch {run.best_epoch}"
+    return f"      {label}: {best}, {run.train_time_s:.1f} s"
 
 
 def _printer(enabled: bool) -> Callable[[str], None]:
