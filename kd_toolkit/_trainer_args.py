@@ -225,7 +225,7 @@ def train_loader_state(checkpoint: Mapping[str, Any], loader: Any, trainer_kwarg
         per_epoch = len(loader)
     except TypeError:  # no length: the epoch's end is unknown, so is whether the checkpoint is mid-epoch
         return None
-    limit = trainer_kwargs.get("limit_train_batches")
+    limit: Any = trainer_kwargs.get("limit_train_batches")
     if is_int(limit):
         per_epoch = min(per_epoch, int(limit))
     elif isinstance(limit, float):

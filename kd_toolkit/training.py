@@ -19,6 +19,7 @@ from kd_toolkit._checks import check_choice, check_int, check_mapping
 from kd_toolkit._io import load_weights
 from kd_toolkit.core.checkpoint import InterruptCheckpoint, MonitorCheck, SafeCheckpointIO, SafeModelCheckpoint
 from kd_toolkit.core.loaders import ResumableDataLoader, rebuild_loader
+from kd_toolkit.core.losslog import EpochLosses
 from kd_toolkit.core.module import KDBaseModule
 from kd_toolkit.core.progress import progress_bar
 from kd_toolkit.distillation.cache import cached_training_loader
@@ -317,6 +318,11 @@ class KnowledgeDistillationTraining:
             last = Path(callback.dirpath) / "last.ckpt"
             if last.is_file():
                 callback.best_model_path = str(last)
+        losses = getattr(self.module, "epoch_losses", None)  # the workers' epoch means, from rank 0's metrics
+        metrics = self.trainer.callback_metrics
+        if isinstance(losses, EpochLosses) and losses.samples == 0 and "train_loss" in metrics:
+            names = [k for k in getattr(self.module, "loss_names", ()) if k in metrics]
+            losses.add(metrics["train_loss"].detach().cpu(), {k: metrics[k].detach().cpu() for k in names}, 1)
 
     def test(self, ckpt: str | None = "best") -> list[Mapping[str, float]]:
         """Evaluate on the test loaders (or the datamodule's) with the ``"best"`` or ``"last"`` weights,

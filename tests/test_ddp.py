@@ -45,6 +45,8 @@ def test_cpu_ddp_two_processes(tmp_path, loaders, trained_teacher):
     )
     kd.fit()
     assert kd.trainer.world_size == 2
+    # the parent process knows the finished run: both checkpoint paths and the last epoch's loss
+    assert kd.last_checkpoint and kd.best_checkpoint and kd.module.epoch_loss_per_sample() > 0
     assert (kd.checkpoint_dir / "last.ckpt").is_file()
     with open(kd.run_dir / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
