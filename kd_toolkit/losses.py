@@ -409,5 +409,5 @@ def multi_exit_loss(
             soft = kd_loss(logits, final.detach(), distill_temperature or 1.0)
             loss = (1.0 - distill_weight) * loss + distill_weight * soft
         per_exit.append(loss)
-    total = sum(w / total_weight * loss for w, loss in zip(weights, per_exit))
+    total: Tensor = sum(w / total_weight * loss for w, loss in zip(weights, per_exit))  # type: ignore[assignment]
     return total, per_exit
