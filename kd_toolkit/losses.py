@@ -26,7 +26,7 @@ __all__ = ["check_temperature", "cosine_logit_loss", "dist_loss", "dkd_loss", "d
            "soft_target_loss", "standardize_logits"]
 
 MixingMode = Literal["probs", "logits"]
-MIXING_MODES: tuple[str, ...] = ("probs", "logits")
+MIXING_MODES: tuple[MixingMode, ...] = ("probs", "logits")
 
 
 def check_temperature(temperature: float) -> float:

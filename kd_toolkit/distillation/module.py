@@ -127,7 +127,7 @@ class DistillationModule(KDBaseModule):
                            ("logit_standardization", logit_standardization), ("dist_tau_squared", dist_tau_squared)):
             if not isinstance(flag, bool):
                 raise expected(name, "a bool", flag)
-        self.teacher_mixing: MixingMode = check_choice("teacher_mixing", teacher_mixing, MIXING_MODES)  # type: ignore[assignment]
+        self.teacher_mixing: MixingMode = check_choice("teacher_mixing", teacher_mixing, MIXING_MODES)
         self.dkd_alpha = check_float("dkd_alpha", dkd_alpha, minimum=0)
         self.dkd_beta = check_float("dkd_beta", dkd_beta, minimum=0)
         self.dkd_warmup_epochs = check_int("dkd_warmup_epochs", dkd_warmup_epochs, minimum=0)
@@ -218,7 +218,8 @@ class DistillationModule(KDBaseModule):
 
     def teacher_loss_components(self, student_logits: Tensor, stack: Tensor, y: Tensor | None) -> dict[str, Tensor]:
         """The teacher-based components with a positive weight, from the teachers' logits ``stack`` ``(B, K, C)``."""
-        w, temp, flag, memo = self.loss_weights, self.temperature, self.logit_standardization, {}
+        w, temp, flag = self.loss_weights, self.temperature, self.logit_standardization
+        memo: dict[bool, Tensor] = {}
         out: dict[str, Tensor] = {}
         if w.get("kd_loss", 0) > 0:
             out["kd_loss"] = kd_loss(student_logits, self._soft_target(stack, flag, memo), temp, log_target=True,
@@ -287,5 +288,6 @@ class DistillationModule(KDBaseModule):
     def build_teacher_cache(self, train_loader: Any) -> Tensor:
         """Compute every teacher's logits for every training sample, in dataset order: ``(N, C)``, or ``(N, K, C)``
         for several teachers (see :func:`kd_toolkit.distillation.cache.build_teacher_cache`)."""
+        trainer = attached_trainer(self)
         return build_teacher_cache(self.live_teacher_logits, train_loader, device=self.device,
-                                   to_device=self.trainer.strategy.batch_to_device)
+                                   to_device=trainer.strategy.batch_to_device if trainer is not None else lambda b: b)
