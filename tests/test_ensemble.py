@@ -4,6 +4,7 @@ the new losses by name under bf16-mixed, and bad input."""
 from __future__ import annotations
 
 import copy
+import csv
 
 import numpy as np
 import pytest
@@ -73,9 +74,8 @@ def test_teacher_accuracy_is_logged_once_per_run(loaders, trained_teacher, tmp_p
     trainer = pl.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=2, logger=CSVLogger(tmp_path),
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, loaders("train"), loaders("val"))
-    import csv
-
-    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
+    with open(next(tmp_path.rglob("metrics.csv"))) as fh:
+        rows = list(csv.DictReader(fh))
     logged = [r["val_teacher_acc"] for r in rows if r.get("val_teacher_acc")]
     assert len(logged) == 1 and float(logged[0]) > 0.8  # the trained teacher, measured on the first epoch only
 
@@ -244,3 +244,34 @@ def test_class_count_mismatches_name_the_teachers(digits):
     fewer = DistillationModule(TinyMLP(), [TinyMLP(num_classes=5), TinyMLP(num_classes=5)])
     with pytest.raises(ValueError, match=r"to output the student's 10 classes .* but they output 5"):
         fewer.loss_components(x, y, None)
+
+
+class _EnsembleDDPChecks(pl.Callback):
+    """Runs inside each rank: no teacher's parameter is inside the DDP wrapper; every teacher stays frozen."""
+
+    def on_train_start(self, trainer, pl_module):
+        assert trainer.world_size == 2
+        wrapped = {id(p) for p in trainer.strategy.model.parameters()}
+        teachers = {id(p) for t in pl_module.teachers.values() for p in t.parameters()}
+        if wrapped & teachers or type(trainer.strategy.model).__name__ != "DistributedDataParallel":
+            raise RuntimeError("teacher parameters are inside the DDP wrapper (or no DDP wrapper)")
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if any(t.training or any(p.requires_grad for p in t.parameters()) for t in pl_module.teachers.values()):
+            raise RuntimeError("a teacher was unfrozen")
+
+
+def test_several_teachers_under_cpu_ddp(tmp_path, loaders):
+    kd = KnowledgeDistillationTraining(
+        teacher_model=_teachers(2), student_model=TinyMLP(), train_data_loader=loaders("train", shuffle=True),
+        val_data_loaders={"val": loaders("val")}, accelerator="cpu", devices=2, strategy="ddp_spawn",
+        max_epoch=1, temperature=4.0, precision=32, default_root_dir=tmp_path, cache_teacher_outputs=True,
+        final_loss_coeff_dict={"kd_loss": 0.5, "dist_loss": 0.5, "hard_loss": 0.5}, callbacks=[_EnsembleDDPChecks()],
+        enable_progress_bar=False, quiet=True, limit_train_batches=3, limit_val_batches=2,
+    )
+    kd.fit()
+    with open(kd.run_dir / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["val_teacher_0_acc"] for r in rows if r.get("val_teacher_0_acc")]
+    state = torch.load(kd.checkpoint_dir / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(k.startswith(("student.", "criterion.")) for k in state)
