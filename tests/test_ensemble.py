@@ -275,3 +275,24 @@ def test_several_teachers_under_cpu_ddp(tmp_path, loaders):
     assert [r["val_teacher_0_acc"] for r in rows if r.get("val_teacher_0_acc")]
     state = torch.load(kd.checkpoint_dir / "last.ckpt", weights_only=True)["state_dict"]
     assert all(k.startswith(("student.", "criterion.")) for k in state)
+
+
+def test_teacher_checkpoint_per_teacher(tmp_path):
+    trained = _teachers(2)
+    paths = []
+    for i, t in enumerate(trained):
+        paths.append(tmp_path / f"t{i}.pt")
+        torch.save(t.state_dict(), paths[-1])
+    fresh = [TinyMLP(hidden=24), TinyMLP(hidden=32)]
+    untouched = copy.deepcopy(fresh[1].state_dict())
+    module = DistillationModule(TinyMLP(), fresh, teacher_checkpoint=[str(paths[0]), None])
+    assert all(torch.equal(v, trained[0].state_dict()[k]) for k, v in module.teachers["0"].state_dict().items())
+    assert all(torch.equal(v, untouched[k]) for k, v in module.teachers["1"].state_dict().items())
+    named = DistillationModule(TinyMLP(), {"a": TinyMLP(hidden=24), "b": TinyMLP(hidden=32)},
+                               teacher_checkpoint={"b": str(paths[1])})
+    assert all(torch.equal(v, trained[1].state_dict()[k]) for k, v in named.teachers["b"].state_dict().items())
+    assert not named.teachers["b"].training and not any(p.requires_grad for p in named.teachers["b"].parameters())
+    with pytest.raises(ValueError, match=r"Expected `teacher_checkpoint` to be a dict with keys from \['a', 'b'\]"):
+        DistillationModule(TinyMLP(), {"a": TinyMLP(), "b": TinyMLP()}, teacher_checkpoint={"c": str(paths[0])})
+    with pytest.raises(ValueError, match=r"Expected `teacher_checkpoint` to be a path, or 2 paths"):
+        DistillationModule(TinyMLP(), fresh, teacher_checkpoint=[str(paths[0])])
