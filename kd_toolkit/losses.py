@@ -30,16 +30,8 @@ MIXING_MODES: tuple[MixingMode, ...] = ("probs", "logits")
 
 
 def check_temperature(temperature: float) -> float:
-    """Validate a distillation temperature and return it as a float.
-
-    Raises:
-        ValueError: if ``temperature`` is not a finite, positive number.
-    """
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-        0 < float(temperature) < float("inf")
-    ):
-        raise ValueError(f"Expected `temperature` to be a positive float, but got {temperature!r}.")
-    return float(temperature)
+    """Validate a distillation temperature and return it as a float (``ValueError`` unless finite and positive)."""
+    return check_float("temperature", temperature, minimum=0, open_low=True)
 
 
 def _full(t: Tensor) -> Tensor:
@@ -297,8 +289,10 @@ def mixture_log_probs(teacher_logits: Tensor | Sequence[Tensor], temperature: fl
         tensor([[0.5000, 0.5000]])
     """
     temperature = check_temperature(temperature)
-    check_choice("teacher_mixing", mode, MIXING_MODES)
+    check_choice("mode", mode, MIXING_MODES)
     stack = _stack_teachers(teacher_logits)  # (B, K, C)
+    if stack.shape[1] == 1 and weights is None:  # one teacher: its tempered log-probabilities
+        return _log_probs(stack[:, 0], temperature, standardize)
     w = torch.tensor(normalize_teacher_weights(weights, stack.shape[1]), dtype=stack.dtype, device=stack.device)
     if standardize:
         stack = standardize_logits(stack)

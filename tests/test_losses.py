@@ -247,7 +247,7 @@ def test_bad_teacher_weights(weights, match):
 
 def test_bad_mixing_mode_and_class_counts():
     ts = [torch.randn(4, 5), torch.randn(4, 5)]
-    with pytest.raises(ValueError, match=r"Expected `teacher_mixing` to be one of \['probs', 'logits'\]"):
+    with pytest.raises(ValueError, match=r"Expected `mode` to be one of \['probs', 'logits'\]"):
         mixture_log_probs(ts, 1.0, mode="mean")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="same shape"):
         mixture_log_probs([torch.randn(4, 5), torch.randn(4, 3)], 1.0)

@@ -195,7 +195,8 @@ class DistillationModule(KDBaseModule):
     def _soft_target(self, stack: Tensor, standardize: bool, memo: dict[bool, Tensor]) -> Tensor:
         """The teachers' log-probabilities ``(B, C)`` at ``T`` (their mixture for several), once per step."""
         if standardize not in memo:
-            memo[standardize] = mixture_log_probs(stack, self.temperature, self.teacher_weights,
+            weights = self.teacher_weights if stack.shape[1] > 1 else None
+            memo[standardize] = mixture_log_probs(stack, self.temperature, weights,
                                                   mode=self.teacher_mixing, standardize=standardize)
         return memo[standardize]
 
@@ -243,6 +244,7 @@ class DistillationModule(KDBaseModule):
 
     # ----------------------------------------------------------------------------- teacher agreement
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         self._teacher_acc_done = False  # once per run
 
     def _teacher_metric_key(self, name: str) -> str:
