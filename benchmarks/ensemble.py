@@ -109,10 +109,15 @@ def _arm(arm: str, split: Split, val: Split, teachers: list[torch.nn.Module], be
     return result
 
 
-def summarise(data: dict[str, Any]) -> dict[str, Any]:
-    """``{arm: mean test accuracy}`` (for a report)."""
-    return {arm: a["test_acc"]["mean"] for arm, a in data["arms"].items()} | {
-        "ensemble": data["ensemble"]["test"], "teachers": mean_std([t["test"] for t in data["teachers"].values()])}
+def markdown(data: dict[str, Any]) -> str:
+    """A Markdown table of the result (for ``benchmarks/report.py``'s ``SECTIONS``)."""
+    teachers = mean_std([t["test"] for t in data["teachers"].values()])
+    rows = ["| model | test accuracy (%) | chosen on validation |", "|---|---|---|",
+            f"| teachers 784-1200-1200-10 (seeds {', '.join(data['teachers'])}) | {pm(teachers, 100)} | |",
+            f"| their ensemble (mixture) | {data['ensemble']['test'] * 100:.2f} | |"]
+    rows += [f"| student 800-800, {arm} | {pm(a['test_acc'], 100)} | {a['chosen']} |" for arm, a in data["arms"].items()]
+    note = " (quick: a smoke run, not a result)" if data.get("quick") else ""
+    return "\n".join(rows) + f"\n\nBest single teacher on validation: seed {data['best_single_teacher']}.{note}"
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from benchmarks._common import (
     digits_split,
     fit_kd_toolkit,
     machine_info,
+    mean_std,
     mnist_split,
     pm,
     write_json,
@@ -132,6 +133,22 @@ def _select(loss: str, dataset: str, ds: dict[str, Any], splits: dict[int, tuple
     grid = [{}] if loss == "plain" else cfg["grids"][loss]
     candidates = {", ".join(f"{k}={v:g}" for k, v in s.items()) or "labels": s for s in grid}
     return select_on_validation(candidates, cfg["seeds"], train)
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """A Markdown table of the result (for ``benchmarks/report.py``'s ``SECTIONS``)."""
+    datasets = list(data["results"])
+    rows = ["| loss | " + " | ".join(f"{d}: test acc. (%) | {d}: minus KD (points) | {d}: chosen" for d in datasets)
+            + " |", "|---|" + "---|---|---|" * len(datasets)]
+    losses = list(next(iter(data["results"].values()))["losses"]) if datasets else []
+    for loss in losses:
+        cells = []
+        for d in datasets:
+            r = data["results"][d]["losses"][loss]
+            diff = mean_std(list(r["minus_kd"].values())) if "minus_kd" in r else None
+            cells += [pm(r["test_acc"], 100), pm(diff, 100) if diff else "", r["chosen"]]
+        rows.append(f"| {loss} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + ("\n\n(quick: a smoke run, not a result)" if data.get("quick") else "")
 
 
 if __name__ == "__main__":
