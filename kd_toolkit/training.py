@@ -83,7 +83,9 @@ class KnowledgeDistillationTraining:
         val_data_loaders: ``{name: DataLoader}`` (seed 002) or one DataLoader; ``val_acc`` is the first one's.
         inference_pipeline: object with ``run_inference_pipeline(model, loader) -> {"inference_result": x}``.
         student_model: the ``nn.Module`` to train.
-        teacher_model: frozen teacher ``nn.Module`` (or ``None`` to train on labels alone).
+        teacher_model: frozen teacher ``nn.Module``, several as a list or a dict ``{name: nn.Module}`` (their
+            mixture is distilled; ``teacher_weights=``/``teacher_mixing=`` go in ``module_kwargs``), or ``None`` to
+            train on labels alone.
         logging_param: dict logged as hyperparameters to every logger.
         module: a ready LightningModule (instead of teacher/student and the loss arguments).
         datamodule: a LightningDataModule (instead of the loaders).

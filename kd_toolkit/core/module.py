@@ -23,11 +23,20 @@ from torch import Tensor, nn
 from typing_extensions import Unpack
 
 from kd_toolkit._checks import check_float, check_module, close_matches, expected, is_real
-from kd_toolkit._io import check_digest, load_torch, load_weights
+from kd_toolkit._io import check_digest, load_torch
 from kd_toolkit.core.batch import explain_batch_error, logits_of, split_batch
 from kd_toolkit.core.evaluation import EvaluationMixin
 from kd_toolkit.core.losslog import EpochLosses, is_logging_step
 from kd_toolkit.core.resume import RNGStateCallback
+from kd_toolkit.core.teachers import (
+    SINGLE_TEACHER,
+    TeacherArg,
+    TeacherCheckpointArg,
+    freeze_teacher,
+    load_teacher_checkpoints,
+    run_teacher,
+    teacher_dict,
+)
 from kd_toolkit.optim import OptimizerArgs, OptimizerSettings, optimizer_name
 
 __all__ = ["KDBaseModule", "ModuleArgs", "attached_trainer", "check_loss_weights", "freeze_teacher"]
@@ -41,12 +50,13 @@ class ModuleArgs(OptimizerArgs, total=False):
         inference_pipeline: Object with ``run_inference_pipeline(model, loader) -> {"inference_result": x}``,
             used instead of accuracy for validation/test and logged under each loader's name (seed 002).
         teacher_checkpoint: Weights to load into the teacher (a state dict, or a checkpoint of a teacher
-            trained with kd_toolkit); lets YAML configs name a pretrained teacher.
+            trained with kd_toolkit); lets YAML configs name a pretrained teacher. With several teachers, a list
+            (or a dict by teacher name) of paths, ``None`` for a teacher to leave as it is.
     """
 
     criterion: nn.Module | None
     inference_pipeline: Any
-    teacher_checkpoint: str | None
+    teacher_checkpoint: TeacherCheckpointArg
 
 
 _MODULE_KEYS = ("criterion", "inference_pipeline", "teacher_checkpoint")
@@ -58,12 +68,6 @@ def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
         return module.trainer
     except RuntimeError:
         return None
-
-
-def freeze_teacher(teacher: nn.Module) -> nn.Module:
-    """The one freezing path: no gradients, eval mode (the module keeps it out of its children, so it is never
-    in an optimizer, a checkpoint of the student or a DDP wrapper)."""
-    return teacher.requires_grad_(False).eval()
 
 
 def check_loss_weights(loss_weights: Any, allowed: Iterable[str]) -> dict[str, float]:
@@ -94,8 +98,9 @@ class KDBaseModule(EvaluationMixin, pl.LightningModule):
 
     Args:
         student: The model being trained.
-        teacher: A frozen teacher (or ``None``): eval mode, no gradients, never optimised, never in the
-            student's checkpoint, not wrapped by DDP; moved to the input's device lazily.
+        teacher: A frozen teacher (or ``None``), or several as a list or a dict ``{name: module}``
+            (:mod:`kd_toolkit.core.teachers`): eval mode, no gradients, never optimised, never in the student's
+            checkpoint, not wrapped by DDP; moved to the input's device lazily.
         temperature: Distillation temperature, a positive float.
         loss_weights: Weights of the components (keys from :attr:`loss_names`); default
             :meth:`default_loss_weights`.
@@ -104,6 +109,7 @@ class KDBaseModule(EvaluationMixin, pl.LightningModule):
     """
 
     _teacher: nn.Module | None
+    _teachers: dict[str, nn.Module]
     #: loss-component names a subclass may weight in ``loss_weights``.
     loss_names: tuple[str, ...] = ("hard_loss",)
     #: constructor arguments that are models or objects, kept out of ``hparams.yaml``.
@@ -113,7 +119,7 @@ class KDBaseModule(EvaluationMixin, pl.LightningModule):
     def __init__(
         self,
         student: nn.Module,
-        teacher: nn.Module | None = None,
+        teacher: TeacherArg = None,
         *,
         temperature: float = 1.0,
         loss_weights: Mapping[str, float] | None = None,
@@ -121,7 +127,6 @@ class KDBaseModule(EvaluationMixin, pl.LightningModule):
     ) -> None:
         super().__init__()
         check_module("student", student)
-        check_module("teacher", teacher, allow_none=True)
         extra: dict[str, Any] = dict(kwargs)
         extra.pop("optimizer_name", None)  # recorded in hparams for a class optimizer (not rebuilt on load)
         module_args = {k: extra.pop(k) for k in _MODULE_KEYS if k in extra}
@@ -137,16 +142,12 @@ class KDBaseModule(EvaluationMixin, pl.LightningModule):
         if criterion is not None and not callable(criterion):
             raise expected("criterion", "a callable loss such as nn.CrossEntropyLoss()", criterion)
         self.student = student
-        # The teacher is kept out of the module's children: it is not in state_dict (so not in the student's
+        # The teachers are kept out of the module's children: not in state_dict (so not in the student's
         # checkpoint), not in parameters() (so never in an optimizer) and not seen by DDP.
-        object.__setattr__(self, "_teacher", None)
-        teacher_checkpoint = module_args.get("teacher_checkpoint")
-        if teacher_checkpoint:
-            if teacher is None:
-                raise ValueError("Expected a `teacher` architecture to load `teacher_checkpoint` into, but got None.")
-            load_weights(teacher, teacher_checkpoint)
-        if teacher is not None:
-            object.__setattr__(self, "_teacher", freeze_teacher(teacher))
+        teachers = teacher_dict(teacher)  # {name: frozen teacher}
+        load_teacher_checkpoints(teachers, module_args.get("teacher_checkpoint"))
+        object.__setattr__(self, "_teachers", teachers)
+        object.__setattr__(self, "_teacher", teachers[SINGLE_TEACHER] if SINGLE_TEACHER in teachers else None)
         self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
         self.loss_weights = check_loss_weights(loss_weights or self.default_loss_weights(), self.loss_names)
         self.inference_pipeline = inference_pipeline
@@ -198,24 +199,30 @@ class KDBaseModule(EvaluationMixin, pl.LightningModule):
     # ----------------------------------------------------------------------------- teacher
     @property
     def teacher(self) -> nn.Module | None:
-        """The frozen teacher (or ``None``)."""
+        """The frozen teacher (or ``None``); with several teachers use :attr:`teachers`."""
+        if len(self._teachers) > 1:
+            raise RuntimeError(f"This module has {len(self._teachers)} teachers {list(self._teachers)}; use "
+                               "`module.teachers[name]`.")
         return self._teacher
+
+    @property
+    def teachers(self) -> dict[str, nn.Module]:
+        """Every frozen teacher by name (``{"teacher": t}`` for a lone one, ``{}`` without)."""
+        return dict(self._teachers)
 
     def default_loss_weights(self) -> dict[str, float]:
         return {"hard_loss": 1.0}
 
-    @torch.no_grad()
-    def teacher_forward(self, x: Tensor) -> Any:
-        """Run the frozen teacher on ``x`` in eval mode, moving it to ``x``'s device/dtype first."""
-        teacher = self._teacher
-        if teacher is None:
+    def teacher_forward(self, x: Tensor, name: str | None = None) -> Any:
+        """Run the frozen teacher (``name``: one of several) on ``x`` in eval mode without gradients, moving it to
+        ``x``'s device/dtype first."""
+        if not self._teachers:
             raise RuntimeError("This module has no teacher (`teacher=None`).")
-        param = next(teacher.parameters(), None)
-        if param is not None and (param.device != x.device or (x.is_floating_point() and param.dtype != x.dtype)):
-            teacher.to(device=x.device, dtype=x.dtype if x.is_floating_point() else None)
-        if teacher.training:
-            teacher.eval()
-        return teacher(x)
+        if name is None:
+            if len(self._teachers) > 1:
+                raise RuntimeError(f"This module has several teachers {list(self._teachers)}: pass `name=`.")
+            name = next(iter(self._teachers))
+        return run_teacher(self._teachers[name], x)
 
     # ----------------------------------------------------------------------------- training
     def forward(self, x: Tensor) -> Tensor:
@@ -272,8 +279,8 @@ class KDBaseModule(EvaluationMixin, pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.reset_epoch_loss()
-        if self._teacher is not None:
-            self._teacher.eval()
+        for teacher in self._teachers.values():
+            teacher.eval()
 
     def on_train_epoch_end(self) -> None:
         if self.epoch_losses.samples == 0:  # e.g. an IterableDataset that yields nothing (it has no length)
@@ -322,7 +329,7 @@ class KDBaseModule(EvaluationMixin, pl.LightningModule):
 
     # ----------------------------------------------------------------------------- optimizers
     def _teacher_parameters(self) -> list[nn.Parameter]:
-        return list(self._teacher.parameters()) if self._teacher is not None else []
+        return [p for teacher in self._teachers.values() for p in teacher.parameters()]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters handed to the optimizer: the student's (subclasses add e.g. hint regressors)."""
@@ -345,8 +352,8 @@ class KDBaseModule(EvaluationMixin, pl.LightningModule):
                 raise ValueError("Expected the `optimizer` instance to be built over the student's parameters (e.g. "
                                  "torch.optim.SGD(student.parameters(), ...)), but it holds other parameters: the "
                                  "student would never change.")
-        if self._teacher is not None:
-            teacher_ids = {id(p) for p in self._teacher.parameters()}
+        if self._teachers:
+            teacher_ids = {id(p) for p in self._teacher_parameters()}
             if any(id(p) in teacher_ids for g in optimizer.param_groups for p in g["params"]):
                 raise ValueError("The optimizer holds teacher parameters; build it over the student's parameters only.")
         return configured

@@ -180,7 +180,8 @@ def cached_training_loader(loader: DataLoader) -> DataLoader:
 @torch.no_grad()
 def build_teacher_cache(teacher_forward: Callable[[Tensor], Any], train_loader: Any, *, device: torch.device,
                         to_device: Callable[[Any], Any] = lambda batch: batch) -> Tensor:
-    """The teacher's logits ``(N, C)`` for every training sample, row ``i`` = sample ``i``.
+    """The teacher's logits ``(N, C)`` for every training sample, row ``i`` = sample ``i`` (``(N, K, C)`` when
+    ``teacher_forward`` returns ``K`` teachers' logits stacked as ``(B, K, C)``).
 
     ``train_loader`` must yield ``((x, y), index)`` batches (see :func:`with_sample_indices`); the cache is
     filled by a sequential pass over the same dataset and collate function, under a forked RNG so that
@@ -208,9 +209,9 @@ def build_teacher_cache(teacher_forward: Callable[[Tensor], Any], train_loader: 
         for batch in sequential:
             x, _, index = split_batch(to_device(batch))
             assert index is not None  # an IndexedDataset's collate always yields indices
-            logits = logits_of(teacher_forward(x)).float()  # (B, C)
+            logits = logits_of(teacher_forward(x)).float()  # (B, C) or (B, K, C)
             if cache is None:
-                cache = torch.empty(len(dataset), logits.shape[-1], device=device)
+                cache = torch.empty(len(dataset), *logits.shape[1:], device=device)
             cache[index.to(cache.device)] = logits.to(cache.device)
     if cache is None:
         raise ValueError("Expected a non-empty training set to cache teacher outputs, but got 0 samples.")
