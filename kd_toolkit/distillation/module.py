@@ -102,7 +102,7 @@ class DistillationModule(KDBaseModule):
         True
     """
 
-    loss_names = ("hard_loss", *TEACHER_LOSSES)
+    loss_names: tuple[str, ...] = ("hard_loss", *TEACHER_LOSSES)
 
     def __init__(
         self,
