@@ -363,25 +363,26 @@ def multi_exit_loss(
     criterion=F.cross_entropy,
     distill_temperature: float | None = None,
     distill_weight: float = 0.0,
+    teacher_logits: Tensor | Sequence[Tensor] | None = None,
+    teacher_weight: float | Sequence[float] = 0.0,
+    teacher_temperature: float = 1.0,
 ) -> tuple[Tensor, list[Tensor]]:
     """Weighted sum of per-exit losses for an early-exit network (BranchyNet, Teerapittayanon et al. 2016).
 
-    With ``distill_weight > 0`` each early exit also learns from the final exit's softened outputs
-    (self-distillation, Phuong & Lampert, ICCV 2019): exit ``i`` gets
-    ``(1 - w) * CE + w * kd_loss(exit_i, final.detach(), T)``.
+    Exit ``i`` gets ``(1 - s_i - t_i) * CE + s_i * kd_loss(exit_i, final.detach(), T_s) + t_i * kd_loss(exit_i,
+    teacher, T_t)``: self-distillation from the final exit (Phuong & Lampert, ICCV 2019; ``s_i = distill_weight``
+    on early exits, 0 on the final one) and an external teacher on every exit (``t_i = teacher_weight[i]``; several
+    teachers: the equal mixture of :func:`mixture_log_probs`), with ``s_i + t_i <= 1``.
 
     Args:
-        exit_logits: one ``(B, C)`` tensor per exit, final exit last.
-        target: ``(B,)`` class labels.
+        exit_logits: one ``(B, C)`` tensor per exit, final exit last; target: ``(B,)`` class labels.
         weights: one weight per exit (normalised to sum to one); ``None`` means equal.
         criterion: hard-label loss ``criterion(logits, target)``.
-        distill_temperature: temperature of the self-distillation term.
-        distill_weight: weight ``w`` in ``[0, 1]`` of the self-distillation term on early exits.
+        distill_temperature, distill_weight: ``T_s`` and ``s`` (in ``[0, 1]``) of self-distillation.
+        teacher_logits: ``(B, C)`` logits of the teacher, or several (a list or ``(B, K, C)``); ``None``: none.
+        teacher_weight, teacher_temperature: ``t`` (one number, or one per exit) and ``T_t`` of the teacher term.
 
-    Returns:
-        ``(total, per_exit)``: the weighted total and each exit's loss.
-
-    Example:
+    Returns ``(total, per_exit)``: the weighted total and each exit's loss. Example:
         >>> logits = [torch.zeros(2, 3), torch.zeros(2, 3)]
         >>> total, parts = multi_exit_loss(logits, torch.tensor([0, 1]))
         >>> round(float(total), 4)  # log(3)
@@ -394,14 +395,21 @@ def multi_exit_loss(
         raise ValueError(
             f"Expected `weights` to be {n} non-negative numbers with a positive sum, but got {list(weights)!r}."
         )
-    total_weight = float(sum(weights))
-    final = exit_logits[-1]
+    t_weights = list(teacher_weight) if isinstance(teacher_weight, Sequence) else [teacher_weight] * n
+    s_weights = [distill_weight] * (n - 1) + [0.0]
+    if len(t_weights) != n or not all(is_real(t) and 0 <= t and 0 <= s and s + t <= 1 + 1e-9
+                                      for s, t in zip(s_weights, t_weights)):
+        raise ValueError(f"Expected `teacher_weight` to be {n} numbers >= 0 (one per exit) with `distill_weight` "
+                         f"+ `teacher_weight` <= 1 on every exit, but got {teacher_weight!r} (and {distill_weight!r}).")
+    log_t = None if teacher_logits is None else mixture_log_probs(teacher_logits, teacher_temperature)  # (B, C)
+    total_weight, final = float(sum(weights)), exit_logits[-1]
     per_exit: list[Tensor] = []
-    for i, logits in enumerate(exit_logits):
-        loss = criterion(logits, target)
-        if distill_weight > 0 and i < n - 1:
-            soft = kd_loss(logits, final.detach(), distill_temperature or 1.0)
-            loss = (1.0 - distill_weight) * loss + distill_weight * soft
+    for logits, s, t in zip(exit_logits, s_weights, t_weights):
+        loss = (1.0 - s - (t if log_t is not None else 0.0)) * criterion(logits, target)
+        if s > 0:
+            loss = loss + s * kd_loss(logits, final.detach(), distill_temperature or 1.0)
+        if log_t is not None and t > 0:
+            loss = loss + t * kd_loss(logits, log_t, teacher_temperature, log_target=True)
         per_exit.append(loss)
     total: Tensor = sum(w / total_weight * loss for w, loss in zip(weights, per_exit))  # type: ignore[assignment]
     return total, per_exit

@@ -92,6 +92,31 @@ def test_multi_exit_loss_weights_are_normalised():
         multi_exit_loss(logits, y, weights=[1.0])
 
 
+def test_multi_exit_loss_with_a_teacher_matches_numpy_and_gradcheck():
+    y = torch.tensor([0, 1, 2, 1])
+    logits, teacher = [torch.randn(4, 3, dtype=torch.float64) for _ in range(3)], torch.randn(4, 3)
+    _, parts = multi_exit_loss(logits, y, distill_temperature=3.0, distill_weight=0.25, teacher_logits=teacher,
+                               teacher_weight=[0.5, 0.25, 0.75], teacher_temperature=2.0)
+    s, t = [x.numpy() for x in logits], teacher.double().numpy()
+    ce = [float(F.cross_entropy(x, y)) for x in logits]
+    refs = [0.25 * ce[0] + 0.25 * _np_kd(s[0], s[2], 3.0) + 0.5 * _np_kd(s[0], t, 2.0),
+            0.5 * ce[1] + 0.25 * _np_kd(s[1], s[2], 3.0) + 0.25 * _np_kd(s[1], t, 2.0),
+            0.25 * ce[2] + 0.75 * _np_kd(s[2], t, 2.0)]  # the final exit: teacher only
+    for part, ref in zip(parts, refs):
+        assert part.item() == pytest.approx(ref, rel=1e-5)
+    x = logits[0].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda e: multi_exit_loss([e, logits[2]], y, teacher_logits=teacher.double(), teacher_weight=0.5)[0], (x,))
+
+
+@pytest.mark.parametrize(("weight", "distill"), [(1.5, 0.0), (-0.1, 0.0), ([0.5], 0.0), (0.6, 0.5)])
+def test_multi_exit_loss_bad_teacher_weight(weight, distill):
+    logits = [torch.randn(2, 3), torch.randn(2, 3)]
+    with pytest.raises(ValueError, match="teacher_weight"):
+        multi_exit_loss(logits, torch.tensor([0, 1]), teacher_logits=torch.randn(2, 3), teacher_weight=weight,
+                        distill_weight=distill)
+
+
 @pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan"), True, "2"])
 def test_non_positive_temperature_is_rejected(bad):
     with pytest.raises(ValueError, match="Expected `temperature` to be a positive float"):

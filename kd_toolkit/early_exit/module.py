@@ -15,13 +15,14 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import Unpack
 
-from kd_toolkit._checks import check_float, is_int, is_real
-from kd_toolkit.core import KDBaseModule, ModuleArgs, split_batch
+from kd_toolkit._checks import check_float, expected, is_int, is_real
+from kd_toolkit.core import KDBaseModule, ModuleArgs, logits_of, split_batch
+from kd_toolkit.core.teachers import TeacherArg
 from kd_toolkit.early_exit import runtime
 from kd_toolkit.early_exit.cost import mac_parts
 from kd_toolkit.early_exit.network import EarlyExitNetwork, EarlyExitPrediction
 from kd_toolkit.early_exit.runtime import ConfidenceRule
-from kd_toolkit.losses import kd_loss, multi_exit_loss
+from kd_toolkit.losses import kd_loss, mixture_log_probs, multi_exit_loss
 
 __all__ = ["EarlyExitModule", "TrainingMethod"]
 
@@ -38,7 +39,12 @@ class EarlyExitModule(KDBaseModule):
     ``self_distillation=True`` the final exit also teaches the earlier ones (Phuong & Lampert,
     "Distillation-Based Training for Multi-Exit Architectures", ICCV 2019): early exit ``i`` gets
     ``(1 - distill_weight) * CE + distill_weight * KL(final.detach() || exit_i) * T**2`` at
-    temperature ``T = distill_temperature`` (see :func:`kd_toolkit.losses.multi_exit_loss`).
+    temperature ``T = distill_temperature`` (see :func:`kd_toolkit.losses.multi_exit_loss`). An external
+    ``teacher`` distills into every exit, final included, alone or with self-distillation: exit ``i`` gets
+    ``(1 - s - t_i) * CE + s * KL(final || exit_i) * T**2 + t_i * KL(teacher || exit_i) * T_t**2`` with
+    ``s = distill_weight`` (0 on the final exit or without self-distillation), ``t_i = teacher_weight[i]`` and
+    ``T_t = teacher_temperature``; several teachers teach through their equal mixture
+    (:func:`kd_toolkit.losses.mixture_log_probs`).
 
     ``training_method``:
 
@@ -54,7 +60,8 @@ class EarlyExitModule(KDBaseModule):
 
     Logged: ``exit_{i}_loss`` for every trained exit and their weighted sum ``train_loss``, plus
     ``self_distill_loss`` (the mean distillation term of the trained early exits; logged only, it is
-    already inside each ``exit_{i}_loss``). At validation/test (``val_*``/``test_*``, suffixed
+    already inside each ``exit_{i}_loss``) and, with a teacher, ``teacher_distill_loss`` (the mean teacher term of
+    the trained exits, logged only too). At validation/test (``val_*``/``test_*``, suffixed
     ``_<name>`` for named loaders): ``exit_{i}_acc`` per exit, ``early_exit_acc`` (batched early exit
     at the current thresholds, as :meth:`EarlyExitNetwork.predict` decides), ``exit_{i}_share``
     (fraction of samples leaving at exit ``i``), ``avg_macs`` (per sample, see
@@ -71,6 +78,11 @@ class EarlyExitModule(KDBaseModule):
         self_distillation: Let the final exit teach the earlier exits.
         distill_temperature: Temperature of self-distillation, ``> 0``.
         distill_weight: Share of the distillation term in each early exit's loss, in ``[0, 1]``.
+        teacher: A teacher for every exit (or several, as a list or dict), frozen by
+            :class:`~kd_toolkit.core.KDBaseModule`; it must output the exits' number of classes.
+        teacher_weight: Share of the teacher term in each exit's loss, in ``[0, 1]``: one float, or one per exit
+            (``num_exits``, final included). With self-distillation ``distill_weight + teacher_weight <= 1``.
+        teacher_temperature: Temperature of the teacher term, ``> 0``.
         **kwargs: :class:`~kd_toolkit.core.ModuleArgs`: ``criterion`` (hard-label loss on logits, default
             ``nn.CrossEntropyLoss()``), ``inference_pipeline``, and :class:`~kd_toolkit.optim.OptimizerArgs`:
             ``optimizer`` (preset name, optimizer class or factory), ``lr``, ``optimizer_kwargs``, ``scheduler``,
@@ -102,6 +114,9 @@ class EarlyExitModule(KDBaseModule):
         self_distillation: bool = False,
         distill_temperature: float = 3.0,
         distill_weight: float = 0.5,
+        teacher: TeacherArg = None,
+        teacher_weight: float | Sequence[float] = 0.5,
+        teacher_temperature: float = 3.0,
         **kwargs: Unpack[ModuleArgs],
     ) -> None:
         if not isinstance(network, EarlyExitNetwork):
@@ -115,7 +130,12 @@ class EarlyExitModule(KDBaseModule):
         temperature = check_float("distill_temperature", distill_temperature, minimum=0, open_low=True)
         weight = check_float("distill_weight", distill_weight, minimum=0, maximum=1)
         self.loss_names = tuple(f"exit_{i}_loss" for i in range(num_exits))  # per instance: depends on the network
-        super().__init__(network, None, temperature=temperature, loss_weights=weights, **kwargs)
+        teacher_weights = _check_teacher_weight(teacher_weight, num_exits,
+                                               weight if self_distillation and teacher is not None else None)
+        self.teacher_temperature = check_float("teacher_temperature", teacher_temperature, minimum=0, open_low=True)
+        super().__init__(network, teacher, temperature=temperature, loss_weights=weights, **kwargs)
+        self.teacher_weight = teacher_weights if self._teachers else [0.0] * num_exits
+        _check_teacher_classes(self, network)
         self.training_method = training_method
         self.self_distillation = self_distillation
         self.distill_weight = weight
@@ -194,6 +214,12 @@ class EarlyExitModule(KDBaseModule):
         last = self.network.num_exits - 1
         return self.self_distillation and self.distill_weight > 0 and any(k < last for k in self.trained_exits)
 
+    def _teacher_logits(self, x: Tensor) -> list[Tensor] | None:
+        """Every teacher's logits ``(B, C)`` (frozen, no grad), or ``None`` when no trained exit has a teacher term."""
+        if not any(self.teacher_weight[k] > 0 for k in self.trained_exits):
+            return None
+        return [logits_of(self.teacher_forward(x, name)).detach() for name in self._teachers]
+
     def _exit_logits(self, x: Tensor) -> dict[int, Tensor]:
         """Logits ``(B, C)`` of the exits the loss needs; stops after the last block it needs."""
         net, last = self.network, self.network.num_exits - 1
@@ -208,7 +234,7 @@ class EarlyExitModule(KDBaseModule):
     def loss_components(self, x: Tensor, y: Tensor | None, index: Tensor | None) -> dict[str, Tensor]:
         if y is None:
             raise ValueError("Expected training batches of (x, y) for early-exit training, but got no labels.")
-        outputs = self._exit_logits(x)
+        outputs, teacher_out = self._exit_logits(x), self._teacher_logits(x)
         last, trained, distill = self.network.num_exits - 1, self.trained_exits, self._distills()
         # multi_exit_loss takes its teacher from the last list entry: the final exit, weight 0 when frozen
         order = trained + ([last] if distill and last not in trained else [])
@@ -216,13 +242,19 @@ class EarlyExitModule(KDBaseModule):
         _, per_exit = multi_exit_loss(
             [outputs[k] for k in order], y, weights, criterion=self.criterion,
             distill_temperature=self.temperature if distill else None,
-            distill_weight=self.distill_weight if distill else 0.0,
+            distill_weight=self.distill_weight if distill else 0.0, teacher_logits=teacher_out,
+            teacher_weight=[self.teacher_weight[k] for k in order], teacher_temperature=self.teacher_temperature,
         )
         components = {f"exit_{k}_loss": loss for k, loss in zip(order, per_exit) if k in trained}
         if distill:  # for the logs only: each early exit's loss already holds its distillation term
             teacher = outputs[last].detach()  # (B, C)
             terms = [kd_loss(outputs[k].detach(), teacher, self.temperature) for k in trained if k < last]
             components["self_distill_loss"] = torch.stack(terms).mean()
+        if teacher_out is not None:  # for the logs only, as above
+            log_t = mixture_log_probs(teacher_out, self.teacher_temperature)  # (B, C)
+            terms = [kd_loss(outputs[k].detach(), log_t, self.teacher_temperature, log_target=True)
+                     for k in trained if self.teacher_weight[k] > 0]
+            components["teacher_distill_loss"] = torch.stack(terms).mean()
         return components
 
     # ------------------------------------------------------------------------------ evaluation
@@ -326,3 +358,33 @@ def _check_exit_weights(exit_weights: Sequence[float] | None, num_exits: int, tr
     total = float(sum(exit_weights[k] for k in trained))
     return {f"exit_{k}_loss": float(exit_weights[k]) / total for k in trained}
 
+
+def _check_teacher_weight(teacher_weight: Any, num_exits: int, distill_weight: float | None) -> list[float]:
+    """One teacher weight per exit (final included), each in ``[0, 1]``; with self-distillation (``distill_weight``)
+    the early exits' ``distill_weight + teacher_weight`` must not exceed 1."""
+    values = [teacher_weight] * num_exits if is_real(teacher_weight) else teacher_weight
+    if (isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != num_exits
+            or not all(is_real(w) and 0 <= w <= 1 for w in values)):
+        raise expected("teacher_weight", f"a float in [0, 1] or {num_exits} of them (one per exit, final included)",
+                       teacher_weight)
+    if distill_weight is not None and any(distill_weight + w > 1 + 1e-9 for w in values[:-1]):
+        raise expected("teacher_weight", f"at most 1 - distill_weight = {1 - distill_weight:g} on the early exits "
+                       "(self-distillation is on: `distill_weight` + `teacher_weight` must not exceed 1)",
+                       teacher_weight)
+    return [float(w) for w in values]
+
+
+def _check_teacher_classes(module: EarlyExitModule, network: EarlyExitNetwork) -> None:
+    """Run every teacher once on zeros of the network's input shape: it must output the exits' classes."""
+    for name, teacher in module.teachers.items():
+        param = next(teacher.parameters(), None)
+        x = torch.zeros(network.input_shape, device=param.device if param is not None else None,
+                        dtype=param.dtype if param is not None and param.is_floating_point() else None)
+        try:
+            classes = logits_of(module.teacher_forward(x, name)).shape[-1]
+        except (RuntimeError, ValueError, TypeError) as err:
+            raise ValueError(f"Expected `teacher` {name!r} to accept the network's input shape "
+                             f"{network.input_shape}, but it raised {type(err).__name__}: {err}") from err
+        if classes != network.num_classes:
+            raise ValueError(f"Expected `teacher` {name!r} to output the exits' {network.num_classes} classes, but "
+                             f"got {classes}.")

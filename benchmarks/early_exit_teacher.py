@@ -1,0 +1,174 @@
+"""Early exit with a teacher for every exit on MNIST (issue 13): does an external teacher help the early exits?
+
+Same data as :mod:`benchmarks.early_exit`: the 10,000 MNIST test images split stratified 8,000/2,000 with seed 0,
+a stratified validation part (1,000 images) carved from the 8,000 and the rest trains. The teacher (the
+784-1200-1200-10 MLP with dropout and ±2-pixel jitter of :mod:`benchmarks._mnist`) is trained first, on the
+training part only. Then, per seed, the same LeNet-5 early-exit network (linear exits after blocks 1 and 2) is
+trained whole four ways through ``KnowledgeDistillationTraining``:
+
+* ``plain``: cross-entropy on every exit (BranchyNet);
+* ``self_distillation``: the final exit teaches the early exits (``distill_weight=0.5``, ``T=3``), as in
+  :mod:`benchmarks.early_exit`;
+* ``teacher``: the external teacher teaches every exit (``teacher_weight=0.5``, ``T=4``);
+* ``teacher_and_self_distillation``: both (``distill_weight=0.25``, ``teacher_weight=0.5``).
+
+Each network's thresholds are calibrated on the validation part for at most 0.5 points of accuracy below its final
+exit (:func:`kd_toolkit.early_exit.calibrate_thresholds`); the 2,000 test images give the figures: early-exit
+accuracy at those thresholds, the share of samples leaving at exit 0, the final exit's accuracy, and the MAC
+speed-up over the plain network.
+
+Usage (from the repository root)::
+
+    .venv/bin/python -m benchmarks.early_exit_teacher           # full run, writes results/early_exit_teacher.json
+    .venv/bin/python -m benchmarks.early_exit_teacher --quick   # smoke run (< 1 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: make `benchmarks` and `kd_toolkit` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from benchmarks._common import RESULTS_DIR, BenchmarkSkipped, Split, machine_info, mnist_split, write_json
+from benchmarks._mnist import QUICK_TEACHER_EPOCHS, TEACHER_EPOCHS, teacher_for
+from benchmarks.early_exit import _accuracy_and_exits
+from kd_toolkit.data import make_loader, stratified_split
+from kd_toolkit.early_exit import EarlyExitModule, EarlyExitNetwork, calibrate_thresholds
+from kd_toolkit.models import LeNet
+from kd_toolkit.training import KnowledgeDistillationTraining
+
+NAME = "early_exit_teacher"
+FULL = {"n_train": None, "n_test": None, "val": 1000, "epochs": 8, "teacher_epochs": TEACHER_EPOCHS,
+        "seeds": [0, 1, 2]}
+QUICK = {"n_train": 1500, "n_test": 500, "val": 300, "epochs": 1, "teacher_epochs": QUICK_TEACHER_EPOCHS,
+         "seeds": [0]}
+TRAINING = {"exit_hidden": [[], []], "optimizer": "adam", "lr": 2e-3, "batch_size": 64, "max_accuracy_drop": 0.005,
+            "distill_temperature": 3.0, "teacher_temperature": 4.0}
+#: EarlyExitModule arguments of each arm (besides TRAINING's).
+ARMS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "self_distillation": {"self_distillation": True, "distill_weight": 0.5},
+    "teacher": {"teacher_weight": 0.5},
+    "teacher_and_self_distillation": {"self_distillation": True, "distill_weight": 0.25, "teacher_weight": 0.5},
+}
+
+
+def _parts(data: Split, val: int) -> dict[str, Tensor]:
+    """Carve a stratified validation part of ``val`` images from the training images."""
+    y_all = data.y_train.numpy()
+    fraction = val / len(y_all)
+    train_idx, val_idx = (torch.from_numpy(i) for i in stratified_split(y_all, [1 - fraction, fraction], seed=0))
+    return {"x_train": data.x_train[train_idx], "y_train": data.y_train[train_idx],
+            "x_val": data.x_train[val_idx], "y_val": data.y_train[val_idx]}
+
+
+def _train(parts: dict[str, Tensor], arm: dict[str, Any], teacher: nn.Module | None, seed: int,
+           epochs: int) -> EarlyExitNetwork:
+    pl.seed_everything(seed, verbose=False)
+    network = EarlyExitNetwork(LeNet(), (1, 1, 28, 28), TRAINING["exit_hidden"], [0.9, 0.9])
+    module = EarlyExitModule(network, teacher=teacher if "teacher_weight" in arm else None,
+                             distill_temperature=TRAINING["distill_temperature"],
+                             teacher_temperature=TRAINING["teacher_temperature"], optimizer=TRAINING["optimizer"],
+                             lr=TRAINING["lr"], **arm)
+    with tempfile.TemporaryDirectory() as tmp:
+        KnowledgeDistillationTraining(
+            module=module, train_data_loader=make_loader(parts["x_train"], parts["y_train"], TRAINING["batch_size"],
+                                                         shuffle=True),
+            max_epoch=epochs, seed=seed, accelerator="cpu", precision=32, deterministic=False, checkpointing=False,
+            csv_logging=False, quiet=True, enable_progress_bar=False, default_root_dir=tmp,
+        ).fit()
+    return network.eval()
+
+
+def _evaluate(network: EarlyExitNetwork, parts: dict[str, Tensor], x: Tensor, y: Tensor) -> dict[str, Any]:
+    """Calibrate the thresholds on the validation part, then measure on the test images."""
+    calibration = calibrate_thresholds(network, make_loader(parts["x_val"], parts["y_val"], 500),
+                                       max_accuracy_drop=TRAINING["max_accuracy_drop"], apply=True)
+    test = _accuracy_and_exits(network, x, y)
+    test.pop("predictions")
+    return {"thresholds": calibration.thresholds, "val_early_exit_accuracy": calibration.accuracy,
+            "val_exit_shares": calibration.exit_shares, "early_exit_accuracy": test["early_exit_accuracy"],
+            "exit_0_share": test["exit_shares"][0], "exit_shares": test["exit_shares"],
+            "final_exit_accuracy": test["full_accuracy"], "mac_speedup": test["mac_speedup"]}
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("early_exit_accuracy", "exit_0_share", "final_exit_accuracy", "mac_speedup")
+    return {k: {"mean": statistics.fmean(r[k] for r in runs),
+                "std": statistics.stdev([r[k] for r in runs]) if len(runs) > 1 else 0.0} for k in keys}
+
+
+def run(quick: bool = False, out_dir: Path = RESULTS_DIR, *, threads: int = 1) -> dict[str, Any]:
+    """Run the protocol and write ``out_dir/early_exit_teacher.json`` (``BenchmarkSkipped`` without MNIST)."""
+    settings = QUICK if quick else FULL
+    data = mnist_split(seed=0, n_train=settings["n_train"], n_test=settings["n_test"])  # may raise BenchmarkSkipped
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        started = time.perf_counter()
+        parts = _parts(data, settings["val"])
+        teacher_split = Split(parts["x_train"], parts["y_train"], data.x_test, data.y_test, f"{data.key}-ee-train")
+        teacher, teacher_info = teacher_for(teacher_split, 0, settings["teacher_epochs"])
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in ARMS}
+        for seed in settings["seeds"]:
+            for name, arm in ARMS.items():
+                network = _train(parts, arm, teacher, seed, settings["epochs"])
+                runs[name].append({"seed": seed, **_evaluate(network, parts, data.x_test, data.y_test)})
+        result = {
+            "protocol": NAME, "quick": quick, "settings": settings, "training": TRAINING, "arms": ARMS,
+            "command": " ".join(shlex.quote(a) for a in ["python", "-m", f"benchmarks.{NAME}", *sys.argv[1:]]),
+            "split": {"train": len(parts["y_train"]), "val": len(parts["y_val"]), "test": len(data.y_test)},
+            "teacher": teacher_info, "summary": {name: _summary(r) for name, r in runs.items()}, "runs": runs,
+            "seconds": time.perf_counter() - started, "machine": {**machine_info(), "torch_threads": threads},
+        }
+    finally:
+        torch.set_num_threads(previous_threads)
+    write_json(out_dir, NAME, result)
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The README table of a :func:`run` result (mean ± std over seeds)."""
+    def cell(stats: dict[str, float], scale: float = 100.0, unit: str = "%") -> str:
+        return f"{scale * stats['mean']:.2f}{unit} ± {scale * stats['std']:.2f}"
+
+    lines = ["| Training | Early-exit test accuracy | Exit-0 share | Final-exit accuracy | MAC speed-up |",
+             "|---|---|---|---|---|"]
+    for name, s in result["summary"].items():
+        lines.append(f"| {name} | {cell(s['early_exit_accuracy'])} | {cell(s['exit_0_share'])} | "
+                     f"{cell(s['final_exit_accuracy'])} | {cell(s['mac_speedup'], 1.0, 'x')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run (< 1 min)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    try:
+        result = run(quick=args.quick, out_dir=args.out_dir, threads=args.threads)
+    except BenchmarkSkipped as skipped:
+        print(f"Early-exit teacher benchmark skipped: {skipped}")
+        return
+    machine = result["machine"]
+    print(markdown(result))
+    print(f"\nteacher test accuracy {100 * result['teacher']['acc']:.2f}%; machine: {machine['cpu']}, "
+          f"{machine['cores']} cores, load {machine['load_average']}, {machine['torch_threads']} torch thread(s); "
+          f"{result['seconds']:.0f} s; written to {args.out_dir / (NAME + '.json')}")
+
+
+if __name__ == "__main__":
+    main()
