@@ -177,7 +177,7 @@ def _name_failing_block(network: Any, err: RuntimeError) -> None:
     x = _example(network, 2)
     for index, block in enumerate(network.blocks):
         try:
-            capture(block, x, True, f"block {index}")
+            capture(block, x, True, f"block {index} ({type(block).__name__}) of the network")
         except RuntimeError as block_err:
-            raise RuntimeError(f"{block_err} (block {index} is a {type(block).__name__})") from err
+            raise block_err from err
         x = block(x)
