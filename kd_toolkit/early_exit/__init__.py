@@ -49,6 +49,7 @@ _LAZY = {
     "SegmentChainPrediction": "kd_toolkit.early_exit.deploy",
     "load_segments": "kd_toolkit.early_exit.deploy",
     "early_exit_train": "kd_toolkit.early_exit.seed_api",
+    "create_networks": "kd_toolkit.early_exit.seed_api",
 }
 
 __all__ = [
@@ -68,6 +69,7 @@ __all__ = [
     "calibrate_thresholds",
     "collect_exit_logits",
     "confidence_scores",
+    "create_networks",
     "cost_report",
     "early_exit_train",
     "exit_macs",
