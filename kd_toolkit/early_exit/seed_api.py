@@ -11,11 +11,10 @@ is :func:`create_networks`, also importable as ``kd_toolkit.early_exit.get_early
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
-
-import warnings
 
 import pytorch_lightning as pl
 import torch
