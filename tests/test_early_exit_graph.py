@@ -179,3 +179,29 @@ def test_payload_is_in_the_manifest_and_the_cost_report(tmp_path):
     report = cost_report(net, exit_shares=[0.5, 0.25, 0.25], repeats=1)
     assert "(4, 8, 8) float32 | 1024 | 4.00" in report and "expected 608.0 (2.38 x input)" in report
     assert "MACs" in report and "latency" in report
+
+
+def test_float16_without_validation_says_how_to_measure_the_change(tmp_path):
+    with pytest.warns(UserWarning, match=r"boundary_dtype='float16'.*pass validation="):
+        export_segments(_network(), tmp_path / "chain", boundary_dtype="float16")
+
+
+def test_the_one_graph_program_loads_with_the_copied_loader_alone(tmp_path, monkeypatch):
+    import shutil
+    import sys
+
+    net = _network()
+    path = export_network(net, tmp_path / "net.pt2", format="export")
+    device = tmp_path / "device"
+    device.mkdir()
+    for name in ("deploy", "runtime", "manifest"):
+        target = device / ("device_deploy.py" if name == "deploy" else f"{name}.py")
+        shutil.copy(importlib.util.find_spec(f"kd_toolkit.early_exit.{name}").origin, target)
+    for name in [m for m in sys.modules if m == "kd_toolkit" or m.startswith("kd_toolkit.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # any import of kd_toolkit now fails
+    for name in ("kd_early_exit_runtime", "kd_early_exit_manifest"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    spec = importlib.util.spec_from_file_location("device_deploy", device / "device_deploy.py")
+    deploy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(deploy)
+    _same(deploy.load_network(path).predict(_data(8)), net.predict(_data(8)))

@@ -116,6 +116,10 @@ def export_segments(network: Any, directory: str | os.PathLike, format: ExportFo
     shares = _check_shares(exit_shares, network.num_exits)
     if format == "torchscript":
         _warn_torchscript()
+    if boundary_dtype != "float32" and validation is None:
+        warnings.warn(f"boundary_dtype={boundary_dtype!r} rounds the features handed between devices; pass "
+                      "validation=<loader of (x, y)> to measure the accuracy change (manifest['validation']).",
+                      UserWarning, stacklevel=2)
     target = Path(directory)
     check_target(target, overwrite)
     staging = make_staging(target)
