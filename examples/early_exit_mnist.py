@@ -5,8 +5,10 @@
 
 The 10,000 MNIST test images are split stratified 70/10/20 into train/validation/test. The
 thresholds are calibrated on the validation part (at most 0.5 points below the final exit's
-accuracy there), never on the test part. The segments are exported to TorchScript files, loaded
-back with ``load_segments`` (no model classes needed) and evaluated on the test part.
+accuracy there), never on the test part. The segments are exported as ``torch.export`` programs
+(``.pt2``, with the payload each device hands to the next in the manifest), loaded back with
+``load_segments`` (no model classes needed) and evaluated on the test part; the whole network is
+also exported as one ONNX graph that decides per sample inside the graph (``export_network``).
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import torch
 
 from kd_toolkit import KnowledgeDistillationTraining
 from kd_toolkit.data import MNIST_MEAN, MNIST_STD, load_mnist_idx, make_loader, stratified_split
-from kd_toolkit.early_exit import EarlyExitModule, EarlyExitNetwork
+from kd_toolkit.early_exit import EarlyExitModule, EarlyExitNetwork, cost_report, export_network
 from kd_toolkit.early_exit.calibration import calibrate_thresholds
-from kd_toolkit.early_exit.deploy import load_segments
+from kd_toolkit.early_exit.deploy import load_network, load_segments
 from kd_toolkit.early_exit.export import export_segments
 from kd_toolkit.models import LeNet
 
@@ -74,9 +76,13 @@ def main() -> None:
     result = calibrate_thresholds(network, val_loader, max_accuracy_drop=0.005, apply=True)
     print(f"calibrated thresholds on the validation split: {[round(t, 4) for t in result.thresholds]}")
 
-    export_dir = export_segments(network, args.out / "segments", format="torchscript")
+    args.out.mkdir(parents=True, exist_ok=True)
+    export_dir = export_segments(network, args.out / "segments", format="export", exit_shares=result,
+                                 overwrite=True)
     chain = load_segments(export_dir)
     print(f"exported {len(chain)} segments to {export_dir}")
+    print(cost_report(network, exit_shares=result.exit_shares, repeats=3 if args.quick else 20))
+    program = load_network(export_network(network, args.out / "network.onnx", format="onnx", overwrite=True))
 
     x, y = data["test"]
     with torch.no_grad():
@@ -87,6 +93,8 @@ def main() -> None:
     print(f"test accuracy of each exit (all {len(y)} test images): " + ", ".join(f"{100 * a:.2f}%" for a in per_exit))
     print(f"early-exit test accuracy (reloaded segments): {100 * (predicted == y).float().mean().item():.2f}%")
     print("share of test images leaving at each exit: " + ", ".join(f"{100 * s:.1f}%" for s in shares.tolist()))
+    one_graph = torch.cat([program.predict(x[i : i + 256]).exit_index for i in range(0, len(x), 256)])
+    print(f"one-graph ONNX program agrees with the chain on every exit: {bool(torch.equal(one_graph, prediction))}")
 
     repeats = 1 if args.quick else 3
     full = _seconds(network.blocks, x, repeats=repeats)

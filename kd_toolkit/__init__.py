@@ -21,6 +21,7 @@ _LAZY = {
     "knowledge_distillation_train": "kd_toolkit.api",
     "train_fitnets": "kd_toolkit.fitnets.seed_api",
     "create_fitnets_config": "kd_toolkit.fitnets.seed_api",
+    "create_networks": "kd_toolkit.early_exit.seed_api",
     "EarlyExitNetwork": "kd_toolkit.early_exit.network",
     "EarlyExitNetworkSegmentor": "kd_toolkit.early_exit.network",
     "calibrate_thresholds": "kd_toolkit.early_exit.calibration",

@@ -1,4 +1,5 @@
-"""Tests for kd_toolkit.early_exit.export and .deploy: TorchScript/ONNX export, the manifest, loading and atomic writes."""
+"""Tests for kd_toolkit.early_exit.export and .deploy: torch.export/ONNX/TorchScript export, the manifest, loading
+and atomic writes."""
 
 from __future__ import annotations
 
@@ -49,16 +50,15 @@ def _data(n: int = 24) -> torch.Tensor:
 
 
 class Untraceable(nn.Module):
-    """A block that works eagerly but refuses to be traced: makes an export fail midway."""
+    """A block with data-dependent Python control flow: works eagerly, torch.export cannot capture it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(4, 6, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_tracing():
-            raise RuntimeError("this block cannot be traced")
-        return self.conv(x)
+        y = self.conv(x)
+        return y if y.sum() > 0 else -y
 
 
 class BakedBatch(nn.Module):
@@ -89,9 +89,11 @@ def onnx_export(tmp_path_factory):
     return net, export_segments(net, tmp_path_factory.mktemp("onnx") / "chain", format="onnx")
 
 
-def test_torchscript_roundtrip_matches_network_predict(tmp_path):
+@pytest.mark.filterwarnings("ignore:format='torchscript' is a legacy format:FutureWarning")
+@pytest.mark.parametrize("format", ["export", "torchscript"])
+def test_roundtrip_matches_network_predict(tmp_path, format):
     net = _network().train()
-    out = export_segments(net, tmp_path / "chain")
+    out = export_segments(net, tmp_path / "chain", format=format)
     assert out == tmp_path / "chain" and net.training  # training flags restored
     chain = load_segments(out)
     assert isinstance(chain, SegmentChain) and len(chain) == 3
@@ -112,11 +114,15 @@ def test_torchscript_roundtrip_matches_network_predict(tmp_path):
 def test_manifest_content(tmp_path):
     net = _network()
     manifest = json.loads((export_segments(net, tmp_path / "chain") / "manifest.json").read_text())
-    assert manifest["format"] == "torchscript" and manifest["kd_toolkit_version"] == kd_toolkit.__version__
+    assert manifest["format"] == "export" and manifest["kd_toolkit_version"] == kd_toolkit.__version__
     assert manifest["thresholds"] == net.thresholds and manifest["confidence"] == "max_prob"
     assert manifest["num_segments"] == 3 and manifest["num_classes"] == NUM_CLASSES
+    assert manifest["opset"] is None and manifest["static_batch"] is None
     segments = manifest["segments"]
-    assert [s["file"] for s in segments] == ["segment_0.pt", "segment_1.pt", "segment_2.pt"]
+    assert [s["file"] for s in segments] == ["segment_0.pt2", "segment_1.pt2", "segment_2.pt2"]
+    for s in segments:
+        assert torch.export.load(str(tmp_path / "chain" / s["file"])) is not None  # plain torch.export programs
+        assert s["digests"][s["file"]]["sha256"].startswith("sha256:")
     assert [s["input_shape"] for s in segments] == [[1, 8, 8], [4, 8, 8], [6, 4, 4]]
     assert [s["feature_shape"] for s in segments] == [[4, 8, 8], [6, 4, 4], None]
     assert [s["is_last"] for s in segments] == [False, False, True]
@@ -130,7 +136,7 @@ def test_onnx_files_pass_the_checker_and_compute_the_segments(onnx_export):
     net, out = onnx_export
     net.eval()
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["format"] == "onnx"
+    assert manifest["format"] == "onnx" and manifest["opset"] >= 18
     x = _data(5)
     for entry, segment in zip(manifest["segments"], net.segments()):
         path = out / entry["file"]
@@ -163,10 +169,11 @@ def test_onnx_chain_without_onnxruntime_says_what_to_install(onnx_export, monkey
 def test_failed_export_leaves_the_target_untouched(tmp_path):
     target = export_segments(_network(), tmp_path / "chain")  # a previous export
     before = _snapshot(target)
-    with pytest.raises(RuntimeError, match="cannot be traced"):
-        export_segments(_network(Untraceable()), target)  # segment 0 is written, segment 1 fails
+    message = r"torch.export cannot capture block 1 \(Untraceable\).*format='torchscript'"
+    with pytest.raises(RuntimeError, match=message):
+        export_segments(_network(Untraceable()), target, overwrite=True)  # segment 0 is written, segment 1 fails
     assert _snapshot(target) == before
-    with pytest.raises(RuntimeError, match="cannot be traced"):
+    with pytest.raises(RuntimeError, match=message):
         export_segments(_network(Untraceable()), tmp_path / "fresh")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chain"]  # no staging leftovers, no "fresh"
 
@@ -175,15 +182,18 @@ def test_overwriting_a_previous_export(tmp_path):
     net = _network()
     export_segments(net, tmp_path / "chain")
     net.thresholds = [1.0, 1.0]
-    export_segments(net, tmp_path / "chain")
+    with pytest.raises(ValueError, match="holds a previous export; pass overwrite=True"):
+        export_segments(net, tmp_path / "chain")
+    export_segments(net, tmp_path / "chain", overwrite=True)
     assert load_segments(tmp_path / "chain").thresholds == [1.0, 1.0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chain"]
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore:format='torchscript' is a legacy format:FutureWarning")
 def test_trace_that_only_fits_one_batch_size_is_rejected(tmp_path):
     with pytest.raises(RuntimeError, match="fails on a batch of 3"):
-        export_segments(_network(BakedBatch()), tmp_path / "chain")
+        export_segments(_network(BakedBatch()), tmp_path / "chain", format="torchscript")
     assert not (tmp_path / "chain").exists()
 
 
@@ -199,8 +209,8 @@ def test_bad_targets_and_options(tmp_path):
     export_segments(net, tmp_path / "chain")
     (tmp_path / "chain" / "extra.bin").write_bytes(b"x")
     with pytest.raises(ValueError, match=r"Expected `directory` to hold only a previous export.*extra\.bin"):
-        export_segments(net, tmp_path / "chain")
-    with pytest.raises(ValueError, match=r"Expected `format` to be one of \('torchscript', 'onnx'\)"):
+        export_segments(net, tmp_path / "chain", overwrite=True)
+    with pytest.raises(ValueError, match=r"Expected `format` to be one of \['export', 'onnx', 'torchscript'\]"):
         export_segments(net, tmp_path / "new", format="tflite")
     with pytest.raises(ValueError, match="Expected `directory` to hold an export"):
         load_segments(tmp_path / "other")
@@ -220,33 +230,43 @@ def _load_copied_deploy(folder, monkeypatch):
     """Load ``folder/device_deploy.py`` as a plain module (no package) with every kd_toolkit import failing."""
     for name in [m for m in sys.modules if m == "kd_toolkit" or m.startswith("kd_toolkit.")]:
         monkeypatch.setitem(sys.modules, name, None)  # any import of kd_toolkit now fails
-    monkeypatch.delitem(sys.modules, "kd_early_exit_runtime", raising=False)  # the sibling is loaded afresh
+    for name in ("kd_early_exit_runtime", "kd_early_exit_manifest"):
+        monkeypatch.delitem(sys.modules, name, raising=False)  # the siblings are loaded afresh
     spec = importlib.util.spec_from_file_location("device_deploy", folder / "device_deploy.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_the_deploy_file_runs_the_chain_without_kd_toolkit(tmp_path, monkeypatch):
-    net = _network()
-    out = export_segments(net, tmp_path / "chain")
-    expected = net.predict(_data(30))
-    device = tmp_path / "device"
+def _copy_loader(device: Path, names=("runtime", "manifest")) -> None:
     device.mkdir()
     shutil.copy(importlib.util.find_spec("kd_toolkit.early_exit.deploy").origin, device / "device_deploy.py")
-    shutil.copy(importlib.util.find_spec("kd_toolkit.early_exit.runtime").origin, device / "runtime.py")
-    deploy = _load_copied_deploy(device, monkeypatch)
-    assert deploy.runtime.__file__ == str((device / "runtime.py").resolve())  # the copy beside it, by path
+    for name in names:
+        shutil.copy(importlib.util.find_spec(f"kd_toolkit.early_exit.{name}").origin, device / f"{name}.py")
+
+
+@pytest.mark.filterwarnings("ignore:format='torchscript' is a legacy format:FutureWarning")
+@pytest.mark.parametrize("format", ["export", "torchscript", pytest.param("onnx", marks=pytest.mark.skipif(
+    not HAS_ORT, reason="onnxruntime is not installed"))])
+def test_the_deploy_file_runs_the_chain_without_kd_toolkit(tmp_path, monkeypatch, format, onnx_export):
+    net, out = onnx_export if format == "onnx" else (_network(), None)
+    out = out or export_segments(net, tmp_path / "chain", format=format)
+    expected = net.eval().predict(_data(30))
+    _copy_loader(tmp_path / "device")
+    deploy = _load_copied_deploy(tmp_path / "device", monkeypatch)
+    assert deploy.runtime.__file__ == str((tmp_path / "device" / "runtime.py").resolve())  # the copy beside it
+    assert deploy.schema.__file__ == str((tmp_path / "device" / "manifest.py").resolve())
     got = deploy.load_segments(out).predict(_data(30))
     assert torch.equal(got.predictions, expected.predictions) and torch.equal(got.exit_index, expected.exit_index)
     logits, exited, features = deploy.load_segments(out).segment(0)(_data(30))
     assert features.shape[0] == int((~exited).sum()) and logits.shape == (30, NUM_CLASSES)
 
 
-def test_the_deploy_file_without_its_runtime_sibling_says_what_to_copy(tmp_path, monkeypatch):
-    shutil.copy(importlib.util.find_spec("kd_toolkit.early_exit.deploy").origin, tmp_path / "device_deploy.py")
-    with pytest.raises(ImportError, match="needs its sibling runtime.py"):
-        _load_copied_deploy(tmp_path, monkeypatch)
+@pytest.mark.parametrize(("copied", "missing"), [((), "runtime"), (("runtime",), "manifest")])
+def test_the_deploy_file_without_its_siblings_says_what_to_copy(tmp_path, monkeypatch, copied, missing):
+    _copy_loader(tmp_path / "device", copied)
+    with pytest.raises(ImportError, match=f"needs its sibling {missing}.py"):
+        _load_copied_deploy(tmp_path / "device", monkeypatch)
 
 
 def test_importing_the_loader_does_not_pull_in_lightning():

@@ -7,8 +7,9 @@ One home for the method:
 * :mod:`~kd_toolkit.early_exit.module`: :class:`EarlyExitModule`, the LightningModule that trains it,
 * :mod:`~kd_toolkit.early_exit.models`: :class:`SplitCNN` (registered as ``"split_cnn"``),
 * :mod:`~kd_toolkit.early_exit.calibration` and :mod:`~kd_toolkit.early_exit.cost`: thresholds, MACs, latency,
-* :mod:`~kd_toolkit.early_exit.export` and :mod:`~kd_toolkit.early_exit.deploy`: segment files and the
-  standalone loader (``deploy.py`` + ``runtime.py`` run on a device without kd_toolkit),
+* :mod:`~kd_toolkit.early_exit.export`, :mod:`~kd_toolkit.early_exit.graph` and :mod:`~kd_toolkit.early_exit.deploy`:
+  segment files, the one-graph program with per-sample exits, and the standalone loader (``deploy.py`` +
+  ``runtime.py`` + ``manifest.py`` run on a device without kd_toolkit),
 * :mod:`~kd_toolkit.early_exit.seed_api`: seed 000's call form.
 
 The torch-only names are imported here; the others load on first use (PEP 562), so that
@@ -39,10 +40,16 @@ _LAZY = {
     "mac_parts": "kd_toolkit.early_exit.cost",
     "measure_segment_latency": "kd_toolkit.early_exit.cost",
     "export_segments": "kd_toolkit.early_exit.export",
+    "export_network": "kd_toolkit.early_exit.graph",
+    "NetworkProgram": "kd_toolkit.early_exit.deploy",
+    "load_network": "kd_toolkit.early_exit.deploy",
+    "boundary_payloads": "kd_toolkit.early_exit.cost",
+    "cost_report": "kd_toolkit.early_exit.cost",
     "SegmentChain": "kd_toolkit.early_exit.deploy",
     "SegmentChainPrediction": "kd_toolkit.early_exit.deploy",
     "load_segments": "kd_toolkit.early_exit.deploy",
     "early_exit_train": "kd_toolkit.early_exit.seed_api",
+    "create_networks": "kd_toolkit.early_exit.seed_api",
 }
 
 __all__ = [
@@ -52,17 +59,23 @@ __all__ = [
     "EarlyExitNetwork",
     "EarlyExitNetworkSegmentor",
     "EarlyExitPrediction",
+    "NetworkProgram",
     "SegmentChain",
     "SegmentChainPrediction",
     "SplitCNN",
     "TrainingMethod",
     "average_macs",
+    "boundary_payloads",
     "calibrate_thresholds",
     "collect_exit_logits",
     "confidence_scores",
+    "create_networks",
+    "cost_report",
     "early_exit_train",
     "exit_macs",
+    "export_network",
     "export_segments",
+    "load_network",
     "load_segments",
     "mac_parts",
     "measure_segment_latency",

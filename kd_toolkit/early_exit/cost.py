@@ -1,4 +1,5 @@
-"""What early exit costs: multiply-accumulates per exit (counted by torch) and measured latency.
+"""What early exit costs: multiply-accumulates per exit (counted by torch), measured latency, and the bytes
+handed from one device to the next (:func:`boundary_payloads`); :func:`cost_report` prints them side by side.
 
 MACs are counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions;
 MACs = FLOPs / 2) and turned into per-exit costs by the runtime's one cost rule
@@ -8,6 +9,7 @@ MACs = FLOPs / 2) and turned into per-exit costs by the runtime's one cost rule
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +23,7 @@ from kd_toolkit.early_exit import runtime
 from kd_toolkit.early_exit.network import EarlyExitNetwork, _check_input_shape, _placement, _zeros_like_params
 from kd_toolkit.early_exit.runtime import eval_mode
 
-__all__ = ["exit_macs", "mac_parts", "measure_segment_latency"]
+__all__ = ["boundary_payloads", "cost_report", "exit_macs", "mac_parts", "measure_segment_latency"]
 
 
 def exit_macs(network: EarlyExitNetwork, input_shape: Sequence[int] | None = None) -> list[int]:
@@ -137,3 +139,74 @@ def _row(segment: int | str, batch: int, times: list[float], device: torch.devic
     ms = [1000.0 * t for t in times]
     return {"segment": segment, "batch_size": int(batch), "mean_ms": statistics.fmean(ms),
             "std_ms": statistics.pstdev(ms), "min_ms": min(ms), "device": str(device)}
+
+
+def _itemsize(dtype: str | torch.dtype) -> int:
+    return torch.empty((), dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype).element_size()
+
+
+def boundary_payloads(network: EarlyExitNetwork, boundary_dtype: str = "float32",
+                      exit_shares: Sequence[float] | None = None) -> dict[str, Any]:
+    """What each segment boundary hands to the next device, per input sample.
+
+    A conv feature map can be many times the raw input: ``worst_case_bytes_per_sample`` (every
+    sample crosses every boundary) and, given the share of samples leaving at each exit (final
+    included, e.g. ``CalibrationResult.exit_shares``), ``expected_bytes_per_sample``.
+
+    Example:
+        >>> net = EarlyExitNetwork(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3)), (1, 4), [[]], [0.9])
+        >>> p = boundary_payloads(net, "float16", [0.75, 0.25])
+        >>> p["boundaries"], p["input_bytes_per_sample"], p["expected_bytes_per_sample"]
+        ([{'shape': [8], 'dtype': 'float16', 'bytes_per_sample': 16}], 16, 4.0)
+    """
+    size = _itemsize(boundary_dtype)
+    sizes = [math.prod(shape) * size for shape in network.block_output_shapes[:-1]]
+    boundaries = [{"shape": list(shape), "dtype": boundary_dtype, "bytes_per_sample": n}
+                  for shape, n in zip(network.block_output_shapes[:-1], sizes)]
+    expected_bytes = None
+    if exit_shares is not None:
+        left = [1.0 - sum(exit_shares[: k + 1]) for k in range(len(sizes))]  # share crossing boundary k
+        expected_bytes = float(sum(max(share, 0.0) * n for share, n in zip(left, sizes)))
+    return {
+        "input_bytes_per_sample": math.prod(network.input_shape[1:]) * _itemsize(_placement(network)[1]),
+        "worst_case_bytes_per_sample": sum(sizes),
+        "expected_bytes_per_sample": expected_bytes,
+        "exit_shares": None if exit_shares is None else [float(s) for s in exit_shares],
+        "boundaries": boundaries,
+    }
+
+
+def cost_report(network: EarlyExitNetwork, *, exit_shares: Sequence[float] | None = None,
+                boundary_dtype: str = "float32", batch_size: int = 1, repeats: int = 20) -> str:
+    """A table per segment: MACs, measured latency at ``batch_size``, and the payload to the next device.
+
+    Example:
+        >>> net = EarlyExitNetwork(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3)), (1, 4), [[]], [0.9])
+        >>> print(cost_report(net, exit_shares=[0.5, 0.5], repeats=1).splitlines()[0])
+        segment | MACs (block + exit) | latency ms (batch 1) | hands over | bytes/sample | x input | share crossing
+    """
+    block_macs, head_macs = mac_parts(network)
+    latency = {row["segment"]: row["mean_ms"] for row in measure_segment_latency(
+        network, batch_sizes=(batch_size,), repeats=repeats, warmup=1)}
+    payload = boundary_payloads(network, boundary_dtype, exit_shares)
+    raw = payload["input_bytes_per_sample"]
+    lines = [f"segment | MACs (block + exit) | latency ms (batch {batch_size}) | hands over | bytes/sample | "
+             "x input | share crossing"]
+    crossed = 1.0
+    for index, macs in enumerate(block_macs):
+        head = head_macs[index] if index < len(head_macs) else 0
+        if index < len(payload["boundaries"]):
+            b = payload["boundaries"][index]
+            if exit_shares is not None:
+                crossed -= exit_shares[index]
+            share = "-" if exit_shares is None else f"{max(crossed, 0.0):.3f}"
+            hands = f"{tuple(b['shape'])} {b['dtype']} | {b['bytes_per_sample']} | {b['bytes_per_sample'] / raw:.2f} | {share}"
+        else:
+            hands = "(logits: done) | 0 | 0.00 | -"
+        lines.append(f"{index} | {macs} + {head} | {latency[index]:.3f} | {hands}")
+    expected_bytes = payload["expected_bytes_per_sample"]
+    tail = "" if expected_bytes is None else f"; expected {expected_bytes:.1f} ({expected_bytes / raw:.2f} x input)"
+    lines.append(f"payload per input sample: raw input {raw} bytes; worst case "
+                 f"{payload['worst_case_bytes_per_sample']} ({payload['worst_case_bytes_per_sample'] / raw:.2f} x input)"
+                 f"{tail}; plain network {sum(block_macs)} MACs, {latency['full']:.3f} ms")
+    return "\n".join(lines)

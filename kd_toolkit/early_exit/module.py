@@ -141,6 +141,7 @@ class EarlyExitModule(KDBaseModule):
         self.distill_weight = weight
         self._mac_table: tuple[list[int], list[int]] | None = None  # (block MACs, head MACs), thresholds aside
         self._saved_requires_grad: list[tuple[nn.Parameter, bool]] = []
+        self._shape_checked = False  # the first batch is checked against the network's input_shape
 
     @classmethod
     def from_model(cls, model: nn.Module, input_shape: Sequence[int], neurons_in_exit_layers: int | Sequence[Sequence[int]],
@@ -234,6 +235,7 @@ class EarlyExitModule(KDBaseModule):
     def loss_components(self, x: Tensor, y: Tensor | None, index: Tensor | None) -> dict[str, Tensor]:
         if y is None:
             raise ValueError("Expected training batches of (x, y) for early-exit training, but got no labels.")
+        self._check_first_batch(x)
         outputs, teacher_out = self._exit_logits(x), self._teacher_logits(x)
         last, trained, distill = self.network.num_exits - 1, self.trained_exits, self._distills()
         # multi_exit_loss takes its teacher from the last list entry: the final exit, weight 0 when frozen
@@ -256,6 +258,19 @@ class EarlyExitModule(KDBaseModule):
                      for k in trained if self.teacher_weight[k] > 0]
             components["teacher_distill_loss"] = torch.stack(terms).mean()
         return components
+
+    def _check_first_batch(self, x: Tensor) -> None:
+        """An ``input_shape`` may fit the model (adaptive pooling) but not the data: say so on the first batch."""
+        if self._shape_checked:
+            return
+        want = tuple(self.network.input_shape[1:])
+        if tuple(x.shape[1:]) != want:
+            raise ValueError(
+                f"Expected the batches to match `input_shape` {self.network.input_shape} (samples of shape {want}), "
+                f"but the first batch has samples of shape {tuple(x.shape[1:])}; build the network with "
+                f"input_shape=(1, {', '.join(map(str, x.shape[1:]))}) so that the exits are sized for the data."
+            )
+        self._shape_checked = True
 
     # ------------------------------------------------------------------------------ evaluation
     def _mac_parts(self) -> tuple[list[int], list[int]]:
@@ -289,6 +304,7 @@ class EarlyExitModule(KDBaseModule):
 
     def _eval_step(self, stage: str, batch: Any, dataloader_idx: int) -> None:
         x, y, _ = split_batch(batch)
+        self._check_first_batch(x)
         values = self._exit_metrics(self.network(x), y)  # type: ignore[arg-type]
         _, suffix = self._metric_key(stage, dataloader_idx)
         kwargs: dict[str, Any] = dict(on_step=False, on_epoch=True, sync_dist=True, add_dataloader_idx=False,

@@ -4,11 +4,14 @@
 ``knowledge_distillation_train(model=..., input_shape=..., thresholds=..., neurons_in_exit_layers=...,
 epochs=..., train_dataloader=..., test_dataloader=..., optimizer=torch.optim.SGD,
 optimizer_parameters={"lr": 0.001}, criterion=nn.CrossEntropyLoss(), training_method="whole_network")``
-dispatches here (see :mod:`kd_toolkit.api`).
+dispatches here (see :mod:`kd_toolkit.api`). The original repository's own entry point,
+``early_exit.get_early_exit.create_networks`` (eleven positional arguments, used by its ``demo.ipynb``),
+is :func:`create_networks`, also importable as ``kd_toolkit.early_exit.get_early_exit.create_networks``.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -19,9 +22,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kd_toolkit.early_exit.module import EarlyExitModule, TrainingMethod
-from kd_toolkit.early_exit.network import EarlyExitNetwork, EarlyExitNetworkSegmentor
+from kd_toolkit.early_exit.network import EarlyExitNetwork, EarlyExitNetworkSegmentor, _blocks_of
 
-__all__ = ["early_exit_train"]
+__all__ = ["create_networks", "early_exit_train"]
+
+_EXTRA_THRESHOLDS_WARNED = False
 
 
 class _EpochLosses(pl.Callback):
@@ -135,6 +140,7 @@ def early_exit_train(
                          f"but got {optimizer_parameters!r}.")
     kwargs = dict(optimizer_parameters)
     lr = kwargs.pop("lr", 1e-3)
+    thresholds = _drop_extra_thresholds(thresholds, len(_blocks_of(model)) - 1)
     network = EarlyExitNetwork(model, input_shape, neurons_in_exit_layers, thresholds, confidence=confidence)
     module = EarlyExitModule(
         network, training_method=training_method, exit_weights=exit_weights, self_distillation=self_distillation,
@@ -157,3 +163,78 @@ def early_exit_train(
         test_accuracies = [float(metrics[f"test_exit_{i}_acc"]) for i in range(network.num_exits)]
     segments = [segment.eval() for segment in network.segments()]  # for inference, like the network
     return segments, epoch_losses.losses, test_accuracies
+
+
+def _drop_extra_thresholds(thresholds: Any, num_exits: int) -> Any:
+    """The seed ignored thresholds beyond the exits (its demo passes 3 for 2 exits): keep that, warn once."""
+    global _EXTRA_THRESHOLDS_WARNED
+    values = thresholds.tolist() if hasattr(thresholds, "tolist") else thresholds
+    if not isinstance(values, Sequence) or isinstance(values, str) or len(values) <= num_exits:
+        return thresholds  # too few or malformed: the network's check names the problem
+    if not _EXTRA_THRESHOLDS_WARNED:
+        _EXTRA_THRESHOLDS_WARNED = True
+        warnings.warn(f"Got {len(values)} `thresholds` for {num_exits} exit(s) (one per block but the last); using "
+                      f"the first {num_exits} and ignoring {list(values[num_exits:])}, as the seed did.",
+                      UserWarning, stacklevel=3)
+    return list(values[:num_exits])
+
+
+def create_networks(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    thresholds: Sequence[float],
+    neurons_in_exit_layers: int | Sequence[Sequence[int]],
+    epochs: int,
+    train_dataloader: DataLoader,
+    test_dataloader: DataLoader | None,
+    optimizer: Any,
+    optimizer_parameters: Mapping[str, Any] | None,
+    criterion: nn.Module | None,
+    training_method: TrainingMethod,
+    scaler: Any = None,
+    **kwargs: Any,
+) -> tuple[list[EarlyExitNetworkSegmentor], list[float], dict[str, float]]:
+    """Seed 000's ``early_exit.get_early_exit.create_networks``, arguments in the original order.
+
+    Trains exactly as :func:`early_exit_train` (which it calls) and returns the original's formats:
+    the segments, the training loss of each epoch, and ``{"exit_0": 93.1, ...}``, each exit's test
+    accuracy in percent (final exit included; ``{}`` without a test loader). Thresholds beyond the
+    number of exits are ignored with a warning (once), as the original ignored them.
+
+    Args:
+        model: The split model (``model.net`` an ``nn.Sequential`` of blocks).
+        input_shape: Shape of one input batch, e.g. ``(1, 3, 32, 32)``.
+        thresholds: One per exit (blocks - 1); extra ones are ignored.
+        neurons_in_exit_layers: Hidden sizes of each exit, or one int for all.
+        epochs: Number of epochs.
+        train_dataloader: Training batches ``(x, y)``.
+        test_dataloader: Batches to measure each exit's accuracy on.
+        optimizer: An optimizer class, e.g. ``torch.optim.SGD``.
+        optimizer_parameters: Its keyword arguments, e.g. ``{"lr": 0.001}``.
+        criterion: Loss on logits (the exits return logits: no softmax before it).
+        training_method: ``"whole_network"``, ``"all_exits"`` or an exit index.
+        scaler: Must be ``None``. The original's confidence function; kd_toolkit computes the
+            confidence from logits (``confidence="max_prob"``, the original default's softmax maximum, or
+            ``"entropy"``, passed as a keyword).
+        **kwargs: Passed on to :func:`early_exit_train` (``confidence``, ``num_gpu_used``, trainer options).
+
+    Example:
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> blocks = nn.Sequential(nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU()), nn.Linear(32, 10))
+        >>> data = DataLoader(TensorDataset(torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))), batch_size=32)
+        >>> networks, train_losses, test_accuracies = create_networks(
+        ...     blocks, (1, 1, 8, 8), [0.9], [[16]], 1, data, data, torch.optim.SGD, {"lr": 0.01},
+        ...     nn.CrossEntropyLoss(), "whole_network", num_gpu_used=0)
+        >>> sorted(test_accuracies), len(train_losses)
+        (['exit_0', 'exit_1'], 1)
+    """
+    if scaler is not None:
+        raise ValueError(
+            f"Expected `scaler` to be None, but got {scaler!r}: kd_toolkit's exits return logits and the "
+            "confidence is computed from them where a decision is made; pass confidence='max_prob' (the softmax "
+            "maximum, what the original's default scaler gave) or confidence='entropy' instead."
+        )
+    networks, train_losses, accuracies = early_exit_train(
+        model, input_shape, thresholds, neurons_in_exit_layers, epochs, train_dataloader, test_dataloader,
+        optimizer, optimizer_parameters, criterion, training_method, **kwargs)
+    return networks, train_losses, {f"exit_{i}": 100.0 * a for i, a in enumerate(accuracies)}

@@ -1,0 +1,202 @@
+"""One-graph early-exit export (issue 12): does the exported program's cost follow the work?
+
+``kd_toolkit.early_exit.export_network`` writes the whole early-exit network as one program in which
+the samples that leave exit 0 are dropped (``nonzero``/``index_select``) before block 1. This protocol
+times that program at batch 256 with 0%, 50% and 100% of the samples continuing past exit 0, against
+the same runtime running the network without exits (the blocks alone), in ONNX Runtime, in the loaded
+``torch.export`` program and eagerly (``EarlyExitNetwork.predict`` against ``network.blocks``).
+
+Setup: ``kd_toolkit.models.LeNet`` (3 blocks) with a linear exit after block 0; exit 1 is closed
+(threshold 1.0), so every sample that continues runs the whole network. Weights are seeded, not
+trained: cost does not depend on them, and the thresholds are set from the exit-0 confidences of the
+timed batch (256 MNIST test images, stratified at random with seed 0) to get exactly 0, 128 or 256
+samples continuing (for 100%, a threshold above every confidence but below 1.0, so that the head still
+runs). Arms alternate (A B C, C B A, ...); the figure is the median of ``repeats`` runs, one torch /
+ONNX Runtime thread. Targets (issue 12): ratio to no exits <= 0.15, 0.6 and 1.1.
+
+Usage (from the repository root)::
+
+    .venv/bin/python -m benchmarks.export            # full run (~2 min on 2 cores), writes results/export.json
+    .venv/bin/python -m benchmarks.export --quick    # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: make `benchmarks` and `kd_toolkit` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from torch import Tensor, nn
+
+from benchmarks._common import RESULTS_DIR, BenchmarkSkipped, machine_info, mnist_split, write_json
+from kd_toolkit.early_exit import EarlyExitNetwork, export_network, mac_parts
+from kd_toolkit.early_exit.export import capture, export_program
+
+NAME = "export"
+BATCH = 256
+CONTINUING = (0.0, 0.5, 1.0)
+TARGETS = {0.0: 0.15, 0.5: 0.6, 1.0: 1.1}
+FULL = {"repeats": 41, "warmup": 5}
+QUICK = {"repeats": 5, "warmup": 1}
+
+
+def _thresholds(network: EarlyExitNetwork, x: Tensor, continuing: float) -> list[float]:
+    """Exit-0 threshold that lets exactly ``continuing`` of ``x`` go past exit 0; exit 1 closed."""
+    with torch.no_grad():
+        scores = network.confidence_scores(network.exits[0](network.blocks[0](x))).sort().values  # (B,)
+    if continuing == 0.0:
+        return [1e-6, 1.0]
+    if continuing == 1.0:
+        top = float(scores[-1])
+        if top >= 1.0 - 2e-6:
+            raise BenchmarkSkipped("an exit-0 confidence is 1.0: 100% continuing needs an open head below it")
+        return [min(top + 1e-6, 1.0 - 1e-6), 1.0]
+    k = len(scores) - int(round(continuing * len(scores)))  # samples at or below the threshold stay
+    return [float(scores[k - 1] + scores[k]) / 2, 1.0]
+
+
+def _ort_session(path: Path, threads: int) -> Callable[[Tensor], Any]:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x.numpy()})
+
+
+def _blocks_onnx(network: EarlyExitNetwork, x: Tensor, folder: Path) -> Path:
+    export_program(network.blocks, x[:2], folder, "blocks", "onnx", dynamic=True, what="the blocks",
+                   output_names=["logits"])
+    return folder / "blocks.onnx"
+
+
+def _time(arms: dict[str, Callable[[], Any]], repeats: int, warmup: int) -> dict[str, list[float]]:
+    for _ in range(warmup):
+        for arm in arms.values():
+            arm()
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    names = list(arms)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else reversed(names):
+            start = time.perf_counter()
+            arms[name]()
+            times[name].append(1000.0 * (time.perf_counter() - start))
+    return times
+
+
+def run(quick: bool = False, out_dir: Path = RESULTS_DIR, threads: int = 1) -> dict[str, Any]:
+    """Run the protocol and write ``out_dir/export.json``."""
+    cfg = QUICK if quick else FULL
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    load_start = os.getloadavg()
+    try:
+        data = mnist_split(0)
+        x = data.x_test[:BATCH].contiguous()  # (256, 1, 28, 28), stratified at random
+        torch.manual_seed(0)
+        from kd_toolkit.models import LeNet
+
+        network = EarlyExitNetwork(LeNet(), (1, 1, 28, 28), [[], []], [0.5, 1.0]).eval()
+        arms: dict[str, Callable[[], Any]] = {}
+        settings = {c: _thresholds(network, x, c) for c in CONTINUING}
+        with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+            folder = Path(tmp)
+            blocks_program = capture(network.blocks, x[:2], True, "the blocks").module()
+            arms["ort/no_exits"] = _bind(_ort_session(_blocks_onnx(network, x, folder), threads), x)
+            arms["export/no_exits"] = _bind(blocks_program, x)
+            arms["eager/no_exits"] = _bind(network.blocks, x)
+            agree: dict[str, bool] = {}
+            for c, thresholds in settings.items():
+                network.thresholds = thresholds
+                want = network.predict(x)
+                ort = _ort_session(export_network(network, folder / f"net_{c}.onnx", format="onnx"), threads)
+                program = torch.export.load(str(export_network(network, folder / f"net_{c}.pt2", format="export")))
+                module = program.module()
+                agree[f"{c}"] = bool((torch.from_numpy(ort(x)[1]) == want.exit_index).all()
+                                     and torch.equal(module(x)[1], want.exit_index))
+                arms[f"ort/{c}"] = _bind(ort, x)
+                arms[f"export/{c}"] = _bind(module, x)
+                arms[f"eager/{c}"] = _bind_predict(network, thresholds, x)
+            times = _time(arms, cfg["repeats"], cfg["warmup"])
+        medians = {name: statistics.median(v) for name, v in times.items()}
+        ratios = {runtime: {f"{int(100 * c)}%": medians[f"{runtime}/{c}"] / medians[f"{runtime}/no_exits"]
+                            for c in CONTINUING} for runtime in ("ort", "export", "eager")}
+        block_macs, head_macs = mac_parts(network)
+        full_macs = sum(block_macs)
+        result = {
+            "protocol": NAME, "command": "python -m benchmarks.export" + (" --quick" if quick else ""),
+            "config": {**cfg, "batch": BATCH, "threads": threads, "model": "LeNet, exit after block 0, exit 1 closed"},
+            "thresholds": {f"{int(100 * c)}%": t for c, t in settings.items()},
+            "median_ms": medians, "ratio_to_no_exits": ratios,
+            "mac_ratio": {"0%": (block_macs[0] + head_macs[0]) / full_macs, "50%": (block_macs[0] + head_macs[0]
+                          + 0.5 * sum(block_macs[1:])) / full_macs, "100%": (full_macs + head_macs[0]) / full_macs},
+            "targets": {f"{int(100 * c)}%": t for c, t in TARGETS.items()},
+            "meets_targets": {runtime: {k: v <= TARGETS[float(k[:-1]) / 100] for k, v in r.items()}
+                              for runtime, r in ratios.items()},
+            "exit_index_equals_eager": agree,
+            "load_average_start": load_start, "load_average_end": os.getloadavg(),
+            "machine": {**machine_info(), "torch_threads": threads},
+        }
+    finally:
+        torch.set_num_threads(previous_threads)
+    write_json(out_dir, NAME, result)
+    return result
+
+
+def _bind(fn: Callable[[Tensor], Any] | nn.Module, x: Tensor) -> Callable[[], Any]:
+    return lambda: fn(x)
+
+
+def _bind_predict(network: EarlyExitNetwork, thresholds: list[float], x: Tensor) -> Callable[[], Any]:
+    def arm() -> Any:
+        network.thresholds = thresholds
+        return network.predict(x)
+
+    return arm
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The README table of a :func:`run` result."""
+    r, m = result["ratio_to_no_exits"], result["median_ms"]
+    lines = ["| Samples continuing past exit 0 | target | ONNX Runtime | torch.export | eager | MACs |",
+             "|---|---|---|---|---|---|"]
+    for key in ("0%", "50%", "100%"):
+        c = float(key[:-1]) / 100
+        cells = [f"{r[rt][key]:.2f} ({m[f'{rt}/{c}']:.2f} ms)" for rt in ("ort", "export", "eager")]
+        lines.append(f"| {key} | <= {result['targets'][key]} | " + " | ".join(cells)
+                     + f" | {result['mac_ratio'][key]:.2f} |")
+    lines.append("| no exits (the blocks alone) | | " + " | ".join(
+        f"1.00 ({m[f'{rt}/no_exits']:.2f} ms)" for rt in ("ort", "export", "eager")) + " | 1.00 |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    try:
+        result = run(quick=args.quick, out_dir=args.out_dir, threads=args.threads)
+    except BenchmarkSkipped as skipped:
+        print(f"Export benchmark skipped: {skipped}")
+        return
+    print(markdown(result))
+    machine = result["machine"]
+    print(f"\nmachine: {machine['cpu']}, {machine['cores']} cores, {args.threads} thread(s); load average "
+          f"{result['load_average_start']} -> {result['load_average_end']}; written to {args.out_dir / (NAME + '.json')}")
+
+
+if __name__ == "__main__":
+    main()
