@@ -130,6 +130,7 @@ def run_seed_training(config: Mapping[str, Any] | None, train_loader: DataLoader
         pl.seed_everything(cfg["seed"], workers=True, verbose=False)  # model initialisation is seeded too
     train_loader, val_loader, test_loader, example = _data(cfg, train_loader, val_loader, test_loader)
     student = create_fitnets_model(cfg["model"], num_classes=cfg["num_classes"], in_channels=cfg["in_channels"])
+    _check_runs(student, example, f"`model`={cfg['model']!r} (in_channels={cfg['in_channels']})")
     teacher = _teacher(cfg, example, dataset_name if method == "FitNets" else None)
     cfg["hint_layers"] = resolve_hint_layers(cfg, teacher) if teacher is not None else cfg["hint_layers"]
     if cfg["stage"] == "two_stage":
@@ -249,12 +250,21 @@ def _teacher(cfg: dict[str, Any], example: Tensor, dataset_name: str | None) -> 
         teacher = spec
     else:
         teacher = load_teacher_model(spec, cfg["num_classes"], "cpu", in_channels=cfg["in_channels"])
-    try:
-        with torch.no_grad():  # a frozen teacher runs in eval mode
-            out = final_logits(teacher.eval()(example.to(next(teacher.parameters(), example).device)))
-    except RuntimeError as err:
-        raise ValueError(f"The teacher {type(teacher).__name__} cannot run on the data's inputs {tuple(example.shape)}: "
-                         f"{str(err).splitlines()[0]}") from err
+    out = _check_runs(teacher, example, f"the teacher ({type(teacher).__name__})")
     if out.shape[-1] != cfg["num_classes"]:
         raise ValueError(f"Expected the teacher to output {cfg['num_classes']} classes, but it outputs {out.shape[-1]}.")
     return teacher
+
+
+def _check_runs(model: nn.Module, example: Tensor, what: str) -> Tensor:
+    """``model``'s logits on two samples of the data (eval mode, no grad), or a ValueError naming ``what``."""
+    was = model.training
+    try:
+        with torch.no_grad():
+            return final_logits(model.eval()(example.to(next(model.parameters(), example).device)))
+    except (RuntimeError, TypeError, IndexError) as err:
+        raise ValueError(f"Expected the data's inputs {tuple(example.shape[1:])} to fit {what}, but it raised "
+                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}; set `in_channels`/"
+                         "`image_size` or use another model.") from err
+    finally:
+        model.train(was)
