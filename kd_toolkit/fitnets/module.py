@@ -14,7 +14,7 @@ from typing_extensions import Unpack
 
 from kd_toolkit._checks import check_float, check_int, is_int
 from kd_toolkit.core.batch import logits_of
-from kd_toolkit.core.module import ModuleArgs
+from kd_toolkit.core.module import ModuleArgs, attached_trainer
 from kd_toolkit.distillation.module import DistillationModule
 from kd_toolkit.fitnets.regressors import build_hint_regressors, hint_components
 from kd_toolkit.fitnets.taps import tapped_forward
@@ -353,6 +353,6 @@ class FitNetsStageCallback(pl.Callback):
         self.switched_at_epoch = state_dict.get("switched_at_epoch")
         if self._module is not None:  # restored after `setup` and before the optimizer is built
             self._module.set_phase(self.phase)
-            trainer = self._module._trainer
+            trainer = attached_trainer(self._module)
             if trainer is not None and trainer.strategy.restore_checkpoint_after_setup and trainer.optimizers:
                 trainer.strategy.setup_optimizers(trainer)  # strategies that restore after building optimizers
