@@ -25,6 +25,7 @@ from kd_toolkit.fitnets.seed_api import (
     visualize_feature_maps,
 )
 
+CKPT, LOGS = "ckpt/default/FitNets", "logs/default/FitNets"  # save_dir/{dataset_name}/FitNets, as the seed
 SEED_DEFAULTS = {
     "model": "MultiBranchNet", "teacher_model": None, "data_dir": "data", "batch_size": 32, "num_workers": 4,
     "augment": False, "epochs": 50, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "step_size": 10, "gamma": 0.1,
@@ -88,22 +89,22 @@ def test_teacher_run_writes_the_seed_layout(teacher_run):
     assert set(result) == {"model", "teacher_model", "best_accuracy", "training_history", "test_results", "config",
                            "experiment_name"}
     assert result["teacher_model"] is None and isinstance(result["model"], WideCNN)
-    for name in ("teacher_best.pth", "teacher_final.pth", "teacher_epoch_1.pth", "teacher_epoch_2.pth"):
-        assert (tmp / "ckpt" / name).is_file(), name
-    assert (tmp / "logs" / "teacher.log").read_text().count("val_acc=") == 2
-    summary = json.loads((tmp / "logs" / "teacher_summary.json").read_text())
+    for name in ("teacher_best.pth", "teacher_final.pth", "teacher_epoch_0.pth", "teacher_epoch_1.pth"):
+        assert (tmp / CKPT / name).is_file(), name
+    assert (tmp / LOGS / "teacher.log").read_text().count("val_acc=") == 2
+    summary = json.loads((tmp / LOGS / "teacher_summary.json").read_text())
     assert summary["best_accuracy"] == result["best_accuracy"] and len(summary["training_history"]) == 2
-    assert list((tmp / "logs" / "teacher").rglob("events.out.tfevents.*")), "no TensorBoard events"
+    assert list((tmp / LOGS / "teacher").rglob("events.out.tfevents.*")), "no TensorBoard events"
     history = result["training_history"]
-    assert [h["epoch"] for h in history] == [1, 2] and {"train_loss", "hard_loss", "val_acc", "lr"} <= history[0].keys()
-    assert result["test_results"] is not None and 0 <= result["test_results"]["accuracy"] <= 1
-    saved = torch.load(tmp / "ckpt" / "teacher_best.pth", weights_only=True)
+    assert [h["epoch"] for h in history] == [0, 1] and {"train_loss", "hard_loss", "val_acc", "lr"} <= history[0].keys()
+    assert result["test_results"] is not None and 0 <= result["test_results"]["test_acc"] <= 100
+    saved = torch.load(tmp / CKPT / "teacher_best.pth", weights_only=True)
     assert saved["architecture"] == "WideCNN" and saved["num_classes"] == 2 and saved["in_channels"] == 1
     assert Path(saved["lightning_checkpoint"]).is_file()
 
 
 def test_student_with_teacher_checkpoint_then_resume(tmp_path, image_folder, teacher_run):
-    teacher_path = str(teacher_run[0] / "ckpt" / "teacher_best.pth")
+    teacher_path = str(teacher_run[0] / CKPT / "teacher_best.pth")
     cfg = _config(tmp_path, image_folder, teacher_model=teacher_path, beta=1.0, alpha=0.5, experiment_name="student")
     result = train_fitnets(cfg)
     assert isinstance(result["teacher_model"], WideCNN)
@@ -112,13 +113,13 @@ def test_student_with_teacher_checkpoint_then_resume(tmp_path, image_folder, tea
     assert {"hint_loss", "hint_loss/features.6", "kd_loss", "hard_loss", "val_acc"} <= first[0].keys()
     # resume from the periodic .pth of epoch 2 (it records its Lightning checkpoint) and train one more epoch
     more = train_fitnets({**cfg, "epochs": 3, "experiment_name": None,
-                          "resume": str(tmp_path / "ckpt" / "student_epoch_2.pth")})
+                          "resume": str(tmp_path / CKPT / "student_epoch_1.pth")})
     assert more["experiment_name"] == "student"  # taken from the checkpoint
-    assert [h["epoch"] for h in more["training_history"]] == [1, 2, 3]
+    assert [h["epoch"] for h in more["training_history"]] == [0, 1, 2]
     assert more["training_history"][:2] == first
-    assert (tmp_path / "ckpt" / "student_epoch_3.pth").is_file()
+    assert (tmp_path / CKPT / "student_epoch_2.pth").is_file()
     last = train_fitnets({**cfg, "epochs": 4, "resume": "last"})  # the newest last.ckpt of this experiment
-    assert [h["epoch"] for h in last["training_history"]] == [1, 2, 3, 4]
+    assert [h["epoch"] for h in last["training_history"]] == [0, 1, 2, 3]
     with pytest.raises(FileNotFoundError, match=r"Expected `resume` to be an existing checkpoint file"):
         train_fitnets({**cfg, "resume": str(tmp_path / "nothing.pth")})
 
@@ -141,7 +142,7 @@ def test_two_stage_through_the_api_with_caller_loaders(tmp_path):
 
 
 def test_augmented_image_folder_and_cuda_without_gpu(tmp_path, image_folder):
-    from kd_toolkit.fitnets.seed_io import image_folder_loaders
+    from kd_toolkit.fitnets.seed_data import image_folder_loaders
 
     train, val, test, classes = image_folder_loaders(image_folder, 24, 1, batch_size=4, num_workers=0, augment=True)
     assert classes == ["dark", "light"] and next(iter(train))[0].shape == (4, 1, 24, 24) and test is not None
@@ -152,15 +153,15 @@ def test_augmented_image_folder_and_cuda_without_gpu(tmp_path, image_folder):
 
 
 def test_data_dir_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"Expected `data_dir` to be a folder .* does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"Expected `data_dir` to be a folder in the seed's layout .* does not exist"):
         train_fitnets(_config(tmp_path, tmp_path / "missing"))
-    (tmp_path / "val").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"to hold train/ and val/ .* \['train'\] are missing"):
-        train_fitnets(_config(tmp_path, tmp_path))
+    (tmp_path / "data" / "val").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"to be in the seed's layout .* but it is neither \(sub-folders \['val'\]"):
+        train_fitnets(_config(tmp_path, tmp_path / "data"))
 
 
 def test_teacher_mismatch_errors(tmp_path, image_folder, teacher_run):
-    teacher_path = teacher_run[0] / "ckpt" / "teacher_best.pth"
+    teacher_path = teacher_run[0] / CKPT / "teacher_best.pth"
     with pytest.raises(ValueError, match=r"Expected a teacher with 10 classes, but .* WideCNN with 2 classes"):
         load_teacher_model(teacher_path, num_classes=10, device="cpu")
     with pytest.raises(ValueError, match=r"Expected a ResNet18 checkpoint, but .* holds a WideCNN"):
@@ -184,12 +185,14 @@ def test_seed_utilities_and_feature_map_png(tmp_path):
     assert extract_teacher_features(teacher, x, cfg).shape == (8, 128, 7, 7)
     assert extract_student_features(student, x, cfg).requires_grad
     total, parts = compute_fitnets_loss(student, teacher, x, y, cfg)
-    assert torch.isclose(total, parts["hard_loss"] + 0.1 * parts["kd_loss"] + 1.0 * parts["hint_loss"])
+    assert total.item() == pytest.approx(parts["hard_loss"] + 0.1 * parts["kd_loss"] + 1.0 * parts["hint_loss"], rel=1e-5)
     loader = make_loader(x, y, batch_size=4)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
-    stats = train_epoch(student, teacher, loader, optimizer, "cpu", cfg)
-    assert {"loss", "hard_loss", "kd_loss", "hint_loss"} <= stats.keys() and len(optimizer.param_groups) == 2
-    assert set(validate(student, teacher, loader, "cpu", cfg)) == {"loss", "accuracy"}
+    loss, acc, stats = train_epoch(student, teacher, loader, optimizer, "cpu", cfg)
+    assert {"total_loss", "hard_loss", "kd_loss", "hint_loss"} <= stats.keys() and len(optimizer.param_groups) == 2
+    assert isinstance(loss, float) and 0 <= acc <= 100
+    val_loss, val_acc = validate(student, teacher, loader, "cpu", cfg)
+    assert isinstance(val_loss, float) and 0 <= val_acc <= 100
     fmap = visualize_feature_maps(student, x[:2], cfg, layer_idx=4, save_path=tmp_path / "maps.png")
     assert fmap.shape == (2, 32, 7, 7) and (tmp_path / "maps.png").stat().st_size > 1000
     with pytest.raises(ValueError, match=r"Expected `layer_idx` in \[0, 6\]"):

@@ -13,11 +13,13 @@ from kd_toolkit.fitnets.models import (
     DEFAULT_HINT_LAYERS,
     FITNETS_MODELS,
     ECALayer,
+    FinalLogits,
     MultiBranchNet,
     ThinDeepCNN,
     WideCNN,
     create_fitnets_model,
     default_hint_layers,
+    final_logits,
     resnet18,
     resnet50,
 )
@@ -39,7 +41,7 @@ def _natural_channels(name: str) -> int:
 
 
 def _logits(output: torch.Tensor | tuple) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
+    return final_logits(output)
 
 
 def test_registries_cover_the_named_models() -> None:
@@ -60,9 +62,11 @@ def test_factories_output_shapes(name: str) -> None:
 def test_small_models_other_channel_counts(name: str) -> None:
     in_channels = 4 - _natural_channels(name)  # 1 <-> 3
     model = FITNETS_MODELS[name](num_classes=7, in_channels=in_channels)
-    out = _logits(model(torch.randn(2, in_channels, 28, 28)))
+    output = model(torch.randn(2, in_channels, 28, 28))
+    out = _logits(output)
     assert out.shape == (2, 7)
-    out.sum().backward()
+    every = output[0] if isinstance(output, tuple) else [out]  # MultiBranchNet: one logits tensor per branch
+    sum(o.sum() for o in every).backward()
     assert all(p.grad is not None for p in model.parameters())
 
 
@@ -97,30 +101,36 @@ def test_resnet18_layer_shapes() -> None:
     assert shapes == {"layer3": torch.Size([2, 256, 4, 4]), "layer4": torch.Size([2, 512, 2, 2])}
 
 
-def test_multibranchnet_returns_logits_and_feature_list() -> None:
-    model = MultiBranchNet(num_classes=5, width=8)
-    logits, features = model(torch.randn(2, 3, 32, 32))
-    assert logits.shape == (2, 5)
-    assert isinstance(features, list)
-    assert [tuple(f.shape) for f in features] == [(2, 8, 16, 16), (2, 16, 8, 8), (2, 32, 4, 4)]
+def test_multibranchnet_is_the_seeds_architecture() -> None:
+    model = MultiBranchNet(3, 5)  # the seed's positional order (input_channels, num_classes)
+    logits, features = model(torch.randn(2, 3, 12, 10))
+    assert isinstance(logits, list) and isinstance(features, list) and len(logits) == len(features) == 4
+    assert all(t.shape == (2, 5) for t in logits)
+    assert [tuple(f.shape) for f in features] == [(2, c, 12, 10) for c in (64, 128, 256, 512)]  # no downsampling
+    keys = set(model.state_dict())
+    assert {"blocks.0.block.0.weight", "blocks.3.block.1.running_mean", "att.2.conv.weight",
+            "classifiers.3.fc.weight"} <= keys
+    assert sum(isinstance(m, ECALayer) for m in model.modules()) == 4 and model.att[0].conv.kernel_size == (3,)
     with FeatureTaps(model, DEFAULT_HINT_LAYERS["MultiBranchNet"]) as taps:
-        _, features = model(torch.randn(2, 3, 40, 24))  # any input size
-    assert taps.features["stages.2"] is features[-1]  # the seed's final feature map
+        _, features = model(torch.randn(2, 3, 8, 8))
+    assert taps.features["att.3"] is features[-1]  # the seed's final feature map
 
 
-def test_multibranchnet_uses_eca() -> None:
-    model = MultiBranchNet()
-    assert sum(isinstance(m, ECALayer) for m in model.modules()) == 3
+def test_final_logits_view_shares_the_model() -> None:
+    model = MultiBranchNet(1, 3)
+    view = FinalLogits(model)
+    x = torch.randn(2, 1, 6, 6)
+    torch.testing.assert_close(view.eval()(x), model(x)[0][-1])
+    assert not model.training and list(view.parameters()) == list(model.parameters())
+    assert view.get_submodule("att.3") is model.att[3]
+    view.load_state_dict({k: torch.zeros_like(v) for k, v in model.state_dict().items()})
+    assert model.classifiers[3].fc.weight.abs().sum() == 0
 
 
-@pytest.mark.parametrize(("channels", "kernel"), [(16, 3), (64, 3), (128, 5), (512, 5)])
-def test_eca_adaptive_kernel_and_scaling(channels: int, kernel: int) -> None:
-    eca = ECALayer(channels)
-    assert eca.conv.kernel_size == (kernel,)
-    x = torch.rand(2, channels, 4, 4)
-    y = eca(x)
-    assert y.shape == x.shape
-    ratio = y / x  # a per-channel sigmoid gate in (0, 1)
+def test_eca_gate_scales_channels() -> None:
+    eca = ECALayer(16)
+    x = torch.rand(2, 16, 4, 4)
+    ratio = eca(x) / x  # a per-channel sigmoid gate in (0, 1)
     assert torch.all(ratio > 0) and torch.all(ratio < 1)
     torch.testing.assert_close(ratio, ratio[..., :1, :1].expand_as(ratio))
 
@@ -161,8 +171,8 @@ def test_create_fitnets_model_and_errors() -> None:
         default_hint_layers("ThinDeepCNN", "VGG")
     with pytest.raises(ValueError, match="Expected `num_classes` to be a positive int"):
         resnet18(num_classes=0)
-    with pytest.raises(ValueError, match="Expected `in_channels` to be a positive int"):
-        MultiBranchNet(in_channels=0)
+    with pytest.raises(ValueError, match="Expected `input_channels` to be a positive int"):
+        MultiBranchNet(input_channels=0)
     with pytest.raises(ValueError, match="Expected `dropout`"):
         WideCNN(dropout=1.0)
 

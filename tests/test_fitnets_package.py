@@ -118,13 +118,16 @@ def test_compute_fitnets_loss_is_the_modules_loss_with_the_configs_weights():
     torch.manual_seed(2)
     module = FitNetsModule(student, teacher, HINTS, example_input=x[:2], alpha=0.7, beta=0.25, temperature=5.0)
     reference = module.loss_components(x, y, None)
-    assert parts.keys() == reference.keys() == {"hard_loss", "kd_loss", "hint_loss", "hint_loss/features.4"}
-    for key in parts:
-        torch.testing.assert_close(parts[key], reference[key])
-    torch.testing.assert_close(total, parts["hard_loss"] + 0.7 * parts["kd_loss"] + 0.25 * parts["hint_loss"])
+    assert reference.keys() == {"hard_loss", "kd_loss", "hint_loss", "hint_loss/features.4"}
+    assert parts.keys() == {"classification_loss", "feature_loss", "total_loss", *reference}  # the seed's + ours
+    for key in reference:
+        assert parts[key] == pytest.approx(float(reference[key]), rel=1e-5)
+    assert parts["classification_loss"] == parts["hard_loss"] and parts["feature_loss"] == parts["hint_loss"]
+    expected_total = parts["hard_loss"] + 0.7 * parts["kd_loss"] + 0.25 * parts["hint_loss"]
+    assert total.item() == pytest.approx(expected_total, rel=1e-5) and parts["total_loss"] == pytest.approx(total.item())
     with torch.no_grad():
         expected_kd = kd_loss(student(x), teacher.eval()(x), temperature=5.0)
-    torch.testing.assert_close(parts["kd_loss"], expected_kd)
+    assert parts["kd_loss"] == pytest.approx(float(expected_kd), rel=1e-5)
 
 
 def test_compute_fitnets_loss_skips_zero_weights_and_reuses_a_given_module():
@@ -133,12 +136,13 @@ def test_compute_fitnets_loss_skips_zero_weights_and_reuses_a_given_module():
     cfg = create_fitnets_config(model="ThinDeepCNN", hint_layers=HINTS, alpha=0.0, beta=2.0)
     module = build_fitnets_module(student, teacher, cfg, x)
     total, parts = compute_fitnets_loss(student, teacher, x, y, cfg, module)
-    assert "kd_loss" not in parts
-    torch.testing.assert_close(total, parts["hard_loss"] + 2.0 * parts["hint_loss"])
+    assert "kd_loss" not in module.loss_components(x, y, None) and parts["kd_loss"] == 0.0  # not computed
+    assert total.item() == pytest.approx(parts["hard_loss"] + 2.0 * parts["hint_loss"], rel=1e-5)
     total.backward()
     assert module.regressors["features-4"].proj.weight.grad is not None  # the caller's module's regressors
     total, parts = compute_fitnets_loss(student, None, x, y, create_fitnets_config(model="ThinDeepCNN"))
-    assert set(parts) == {"hard_loss"} and torch.equal(total, parts["hard_loss"])
+    assert set(parts) == {"hard_loss", "classification_loss", "kd_loss", "feature_loss", "total_loss"}
+    assert parts["kd_loss"] == parts["feature_loss"] == 0.0 and parts["hard_loss"] == pytest.approx(total.item())
     with pytest.raises(ValueError, match=r"Expected `module` to be built for these `student_model`"):
         compute_fitnets_loss(ThinDeepCNN(num_classes=3, width=4), teacher, x, y, cfg, module)
 
@@ -216,9 +220,9 @@ def test_train_epoch_adds_the_regressors_once_with_a_warning():
     cfg = create_fitnets_config(model="ThinDeepCNN", hint_layers=HINTS)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
     with pytest.warns(UserWarning, match=r"added the FitNets hint regressors .* named 'fitnets_regressors'"):
-        stats = train_epoch(student, teacher, make_loader(x, y, batch_size=4), optimizer, "cpu", cfg)
+        _, _, stats = train_epoch(student, teacher, make_loader(x, y, batch_size=4), optimizer, "cpu", cfg)
     assert len(optimizer.param_groups) == 2 and optimizer.param_groups[1]["name"] == "fitnets_regressors"
-    assert {"loss", "hard_loss", "kd_loss", "hint_loss"} <= stats.keys()
+    assert {"total_loss", "hard_loss", "kd_loss", "hint_loss"} <= stats.keys()
     other_student, other_teacher = ThinDeepCNN(num_classes=3, width=6), WideCNN(num_classes=3, width=4)
     with pytest.raises(ValueError, match=r"'fitnets_regressors' param group of `optimizer` to hold the hint"):
         train_epoch(other_student, other_teacher, make_loader(x, y, batch_size=4), optimizer, "cpu", cfg)

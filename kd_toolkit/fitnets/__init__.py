@@ -5,7 +5,8 @@
 * :mod:`~kd_toolkit.fitnets.module`: :class:`FitNetsModule` (joint or two-stage) and :class:`FitNetsStageCallback`;
 * :mod:`~kd_toolkit.fitnets.models`: the seed's models, registered in :mod:`kd_toolkit.models`;
 * :mod:`~kd_toolkit.fitnets.seed_api`: seed 004's functions (``create_fitnets_config``, ``train_fitnets``, ...),
-  a thin layer over :class:`FitNetsModule`.
+  a thin layer over :class:`FitNetsModule`; :mod:`~kd_toolkit.fitnets.seed_data` its ``prepare_dataloaders``;
+  :mod:`~kd_toolkit.fitnets.seed_teacher` its ``train_teacher``, ``load_model`` and ``evaluate_model``.
 
 Names are imported lazily (PEP 562): ``import kd_toolkit.fitnets`` loads neither Lightning nor torchvision.
 
@@ -35,8 +36,13 @@ _LAZY = {
     **{name: _SEED for name in (
         "DEFAULT_CONFIG", "build_fitnets_module", "compute_fitnets_loss", "create_fitnets_config",
         "extract_student_features", "extract_teacher_features", "load_teacher_model", "train_epoch",
-        "train_fitnets", "validate", "visualize_feature_maps",
+        "train_fitnets", "validate", "visualize_feature_maps", "get_teacher_path", "prepare_dataloaders",
     )},
+    **{name: "kd_toolkit.fitnets.seed_teacher" for name in (
+        "TEACHER_CONFIG", "create_teacher_config", "evaluate_model", "load_model", "train_teacher",
+    )},
+    "MultiBranchNet": "kd_toolkit.fitnets.multibranch",
+    "FinalLogits": "kd_toolkit.fitnets.multibranch",
 }
 __all__ = sorted(_LAZY)
 

@@ -2,8 +2,8 @@
 
 * ``ResNet18`` / ``ResNet50``: torchvision ResNets built with ``weights=None`` (nothing is
   downloaded), any class count, any input channel count.
-* ``MultiBranchNet``: a small multi-branch CNN with ECA channel attention whose ``forward``
-  returns ``(logits, features)``, as the seed's model does.
+* ``MultiBranchNet``: seed 004's multi-branch CNN with ECA channel attention (its architecture and
+  state-dict keys); ``forward`` returns ``(logits, features)``, two lists of four tensors.
 * ``ThinDeepCNN`` / ``WideCNN``: the FitNets picture (Romero et al., "FitNets: Hints for Thin
   Deep Nets", ICLR 2015) of a thinner, deeper student guided by a wider, shallower teacher, sized
   for 1x28x28 MNIST.
@@ -17,7 +17,6 @@ feature maps.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -25,17 +24,32 @@ import torch
 from torch import nn
 
 from kd_toolkit._checks import check_float, check_int
+from kd_toolkit.fitnets.multibranch import (
+    BottleneckBlock,
+    Branch,
+    ECALayer,
+    FinalLogits,
+    MultiBranchNet,
+    as_logits_model,
+    final_logits,
+)
 from kd_toolkit.models import create_model, model_entrypoint, register_model
 
 __all__ = [
     "DEFAULT_HINT_LAYERS",
     "FITNETS_MODELS",
+    "Branch",
+    "BottleneckBlock",
     "ECALayer",
+    "FinalLogits",
     "MultiBranchNet",
     "ThinDeepCNN",
     "WideCNN",
     "create_fitnets_model",
+    "as_logits_model",
     "default_hint_layers",
+    "final_logits",
+    "multibranchnet",
     "resnet18",
     "resnet50",
 ]
@@ -72,101 +86,15 @@ def resnet50(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     return _resnet("resnet50", num_classes, in_channels)
 
 
-class ECALayer(nn.Module):
-    """Efficient Channel Attention (Wang et al., "ECA-Net", CVPR 2020).
-
-    Global average pool -> 1-D convolution across channels with an adaptive odd kernel size
-    ``k = |log2(C) / gamma + b / gamma|`` -> sigmoid -> rescale the channels.
-
-    Args:
-        channels: Number of channels ``C``.
-        gamma: Kernel-size slope.
-        b: Kernel-size offset.
-
-    Example:
-        >>> import torch
-        >>> ECALayer(64)(torch.randn(2, 64, 8, 8)).shape
-        torch.Size([2, 64, 8, 8])
-    """
-
-    def __init__(self, channels: int, gamma: int = 2, b: int = 1) -> None:
-        super().__init__()
-        check_int("channels", channels, minimum=1)
-        t = int(abs((math.log2(channels) + b) / gamma))
-        kernel = t if t % 2 else t + 1
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.conv = nn.Conv1d(1, 1, kernel_size=kernel, padding=kernel // 2, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.pool(x)  # (B, C, 1, 1)
-        y = self.conv(y.squeeze(-1).transpose(-1, -2))  # (B, 1, C)
-        y = torch.sigmoid(y.transpose(-1, -2).unsqueeze(-1))  # (B, C, 1, 1)
-        return x * y  # (B, C, H, W)
-
-
-class _MultiBranchBlock(nn.Module):
-    """Three parallel branches (3x3, dilated 3x3, 1x1), concatenated, fused by a 1x1 conv, ECA."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 2) -> None:
-        super().__init__()
-        mid = max(out_channels // 2, 1)
-        self.branches = nn.ModuleList(
-            [
-                _conv_bn_relu(in_channels, mid, kernel=3, stride=stride),
-                _conv_bn_relu(in_channels, mid, kernel=3, stride=stride, dilation=2),
-                _conv_bn_relu(in_channels, mid, kernel=1, stride=stride),
-            ]
-        )
-        self.fuse = _conv_bn_relu(3 * mid, out_channels, kernel=1)
-        self.eca = ECALayer(out_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([branch(x) for branch in self.branches], dim=1)  # (B, 3 * mid, H/s, W/s)
-        return self.eca(self.fuse(x))  # (B, out_channels, H/s, W/s)
-
-
 @register_model("MultiBranchNet")
-class MultiBranchNet(nn.Module):
-    """Small multi-branch CNN with ECA attention; ``forward`` returns ``(logits, features)``.
-
-    Stem (3x3 conv) -> three stages (``stages.0`` .. ``stages.2``), each a stride-2 multi-branch
-    block with ECA channel attention (Wang et al., CVPR 2020) -> global average pool -> linear.
-    ``features`` is the list of the three stage outputs, ``(B, width * 2**i, H / 2**(i+1), W / 2**(i+1))``;
-    ``features[-1]`` (the FitNets seed's "final feature map") is the output of ``stages.2``, so
-    ``FeatureTaps(model, "stages.2")`` reads the same tensor. Works for any input size (the seed
-    resizes to 128x128).
-
-    Args:
-        num_classes: Number of output logits.
-        in_channels: Input channels.
-        width: Channels of the first stage (doubled at each stage).
+def multibranchnet(num_classes: int = 5, in_channels: int = 3) -> nn.Module:
+    """Registry factory for seed 004's :class:`~kd_toolkit.fitnets.multibranch.MultiBranchNet`.
 
     Example:
-        >>> import torch
-        >>> logits, features = MultiBranchNet(num_classes=4)(torch.randn(2, 3, 32, 32))
-        >>> logits.shape, [tuple(f.shape) for f in features]
-        (torch.Size([2, 4]), [(2, 32, 16, 16), (2, 64, 8, 8), (2, 128, 4, 4)])
+        >>> type(multibranchnet(num_classes=3)).__name__
+        'MultiBranchNet'
     """
-
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 32) -> None:
-        super().__init__()
-        _check_sizes(num_classes, in_channels)
-        check_int("width", width, minimum=1)
-        self.stem = _conv_bn_relu(in_channels, width, kernel=3)
-        self.stages = nn.ModuleList(
-            [_MultiBranchBlock(width * 2 ** max(i - 1, 0), width * 2**i) for i in range(3)]
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(width * 4, num_classes)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        x = self.stem(x)  # (B, width, H, W)
-        features = []
-        for stage in self.stages:
-            x = stage(x)  # (B, C_i, H_i, W_i)
-            features.append(x)
-        logits = self.classifier(torch.flatten(self.pool(x), 1))  # (B, num_classes)
-        return logits, features
+    return MultiBranchNet(input_channels=in_channels, num_classes=num_classes)
 
 
 @register_model("ThinDeepCNN")
@@ -275,7 +203,7 @@ FITNETS_MODELS: Mapping[str, Callable[..., nn.Module]] = _RegistryView(
 DEFAULT_HINT_LAYERS: dict[str, str] = {
     "ResNet18": "layer4",
     "ResNet50": "layer4",
-    "MultiBranchNet": "stages.2",
+    "MultiBranchNet": "att.3",
     "ThinDeepCNN": "features.6",
     "WideCNN": "features.3",
 }
@@ -318,7 +246,7 @@ def default_hint_layers(student: str, teacher: str) -> dict[str, str]:
 
     Example:
         >>> default_hint_layers("MultiBranchNet", "ResNet50")
-        {'stages.2': 'layer4'}
+        {'att.3': 'layer4'}
     """
     for arg, name in (("student", student), ("teacher", teacher)):
         if name not in DEFAULT_HINT_LAYERS:
@@ -351,9 +279,9 @@ def _conv_stack(in_channels: int, widths: list[int], pools: set[int]) -> nn.Sequ
 def _conv_bn_relu(
     in_channels: int, out_channels: int, *, kernel: int, stride: int = 1, dilation: int = 1, pool: bool = False
 ) -> nn.Sequential:
-    padding = dilation * (kernel - 1) // 2  # keeps H, W at stride 1
+    padding = (kernel - 1) // 2  # keeps H, W
     layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=padding, dilation=dilation, bias=False),
+        nn.Conv2d(in_channels, out_channels, kernel, padding=padding, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(),  # not in place: a tapped BN output must not change after the hook ran
     ]

@@ -71,6 +71,27 @@ def _example_batch(example_input: Tensor | None, input_shape: Sequence[int] | No
     return torch.zeros(2, *input_shape)  # (2, *input_shape): eval-mode dry run, batch of 2
 
 
+def _input_error(student: nn.Module, teacher: nn.Module, example: Tensor, given_batch: bool,
+                 input_shape: Sequence[int] | None, err: Exception) -> ValueError:
+    """The dry run failed: say which argument and which model (each is run alone to find out)."""
+    failing = "the student or the teacher"
+    for name, model in (("the student", student), ("the teacher", teacher)):
+        flags = {n: m.training for n, m in model.named_modules()}
+        try:
+            with torch.no_grad():
+                model.eval()(example.to(next(model.parameters(), example).device))
+        except Exception:  # noqa: BLE001 - any failure names this model
+            failing = f"{name} ({type(model).__name__})"
+            break
+        finally:
+            for n, m in model.named_modules():
+                m.training = flags.get(n, m.training)
+    arg, got = (("example_input", f"a batch of shape {tuple(example.shape)}") if given_batch
+                else ("input_shape", repr(list(input_shape or []))))
+    return ValueError(f"Expected `{arg}` to fit the models, but got {got}: {failing} raised {type(err).__name__}: "
+                      f"{str(err).splitlines()[0] if str(err) else ''}")
+
+
 class FitNetsModule(DistillationModule):
     """Hint ("FitNets") training: a student's guided layers regress a frozen teacher's hint layers.
 
@@ -190,6 +211,8 @@ class FitNetsModule(DistillationModule):
             self.regressors = build_hint_regressors(student, teacher, hint_layers, example, kind=regressor, align=align)
         except ValueError as err:
             raise ValueError(f"Bad `hint_layers` {hint_layers!r}: {err}") from err
+        except (RuntimeError, TypeError, IndexError) as err:
+            raise _input_error(student, teacher, example, example_input is not None, input_shape, err) from err
         # Stage 1 optimises only what the guided features depend on; everything else stays as it is.
         self._upstream = (_upstream_parameter_names(student, list(hint_layers), example)
                           if stage == "two_stage" else [])

@@ -1,5 +1,5 @@
-"""Files of the FitNets seed API (seed 004): ImageFolder loaders, teacher loading, resume, and the seed's
-checkpoint/log layout (:class:`SeedOutputs`). Writes go through :mod:`kd_toolkit._io` (atomic, durable),
+"""Files of the FitNets seed API (seed 004): teacher loading, resume, and the seed's checkpoint/log layout
+(:class:`SeedOutputs`). Writes go through :mod:`kd_toolkit._io` (atomic, durable),
 reads are safe (``weights_only=True``). ``load_teacher_model`` is public in :mod:`kd_toolkit.fitnets.seed_api`.
 """
 
@@ -21,56 +21,12 @@ from kd_toolkit._io import load_torch, save_torch
 from kd_toolkit.core.module import KDBaseModule
 from kd_toolkit.fitnets.models import FITNETS_MODELS, create_fitnets_model
 
-__all__ = ["ARCH_BY_CLASS", "SeedOutputs", "hardware_kwargs", "image_folder_loaders", "load_teacher_model",
-           "loader_length", "primitive_config", "resume_checkpoint"]
+__all__ = ["ARCH_BY_CLASS", "SeedOutputs", "hardware_kwargs", "load_teacher_model", "loader_length",
+           "primitive_config", "resume_checkpoint"]
 
-_RGB_MEAN, _RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 #: model class name -> FITNETS_MODELS name (torchvision's ResNet18/50 share the hint path "layer4")
 ARCH_BY_CLASS = {"MultiBranchNet": "MultiBranchNet", "ThinDeepCNN": "ThinDeepCNN", "WideCNN": "WideCNN",
                  "ResNet": "ResNet18"}
-
-
-# ------------------------------------------------------------------------------------------- data
-def image_folder_loaders(data_dir: str | os.PathLike, image_size: int, in_channels: int, batch_size: int,
-                         num_workers: int, augment: bool) -> tuple[DataLoader, DataLoader, DataLoader | None, list[str]]:
-    """Train/val(/test) loaders over ``data_dir/{train,val,test}`` in ImageFolder layout, resized to ``image_size``.
-
-    Augmentation (train only): random crop (padding ``image_size // 8``), horizontal flip, rotation (15°) and
-    colour jitter, as the seed lists them. Images are converted to ``in_channels`` (1: grayscale) and normalised
-    (ImageNet statistics for RGB, 0.5/0.5 for grayscale).
-    """
-    from torchvision import datasets
-    from torchvision import transforms as T
-
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"Expected `data_dir` to be a folder with train/ and val/ (ImageFolder layout: "
-                                f"train/<class>/<image>), but {str(root)!r} does not exist.")
-    missing = [split for split in ("train", "val") if not (root / split).is_dir()]
-    if missing:
-        raise FileNotFoundError(f"Expected `data_dir` {str(root)!r} to hold train/ and val/ folders in ImageFolder layout "
-                                f"(train/<class>/<image>, optional test/), but {missing} are missing; or pass loaders.")
-    mean, std = (_RGB_MEAN, _RGB_STD) if in_channels == 3 else ((0.5,) * in_channels, (0.5,) * in_channels)
-    tail = ([T.Grayscale(num_output_channels=1)] if in_channels == 1 else []) + [T.ToTensor(), T.Normalize(mean, std)]
-    plain = T.Compose([T.Resize((image_size, image_size)), *tail])
-    augmented = T.Compose([
-        T.Resize((image_size, image_size)), T.RandomCrop(image_size, padding=max(1, image_size // 8)),
-        T.RandomHorizontalFlip(), T.RandomRotation(15), T.ColorJitter(0.2, 0.2, 0.2), *tail,
-    ]) if augment else plain
-    train = datasets.ImageFolder(str(root / "train"), transform=augmented)
-    splits = {"val": datasets.ImageFolder(str(root / "val"), transform=plain)}
-    if (root / "test").is_dir():
-        splits["test"] = datasets.ImageFolder(str(root / "test"), transform=plain)
-    for name, dataset in splits.items():
-        if dataset.classes != train.classes:
-            raise ValueError(f"Expected {name}/ to have the classes of train/ {train.classes}, but got {dataset.classes}.")
-
-    def loader(dataset: Any, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
-
-    test = loader(splits["test"], False) if "test" in splits else None
-    return loader(train, True), loader(splits["val"], False), test, list(train.classes)
 
 
 # ------------------------------------------------------------------------------------------ teacher
@@ -81,23 +37,48 @@ def _read_checkpoint(path: str | os.PathLike, what: str) -> Any:
 
 
 def checkpoint_metadata(obj: Any) -> dict[str, Any]:
-    """Architecture/experiment metadata of a ``.pth`` written by ``train_fitnets`` or of its Lightning checkpoint."""
+    """Architecture/experiment metadata of a checkpoint: a ``.pth`` written by ``train_fitnets`` (``architecture``),
+    one written by the seed's ``teacher.py``/``save_checkpoint`` (``model_state_dict`` + ``config``), or a
+    Lightning checkpoint of ``train_fitnets``."""
     if not isinstance(obj, Mapping):
         return {}
     if "architecture" in obj:
         return dict(obj)
+    config = obj.get("config")
+    if "model_state_dict" in obj and isinstance(config, Mapping):  # the seed's own files
+        return {"architecture": config.get("model"), "num_classes": config.get("num_classes"),
+                "in_channels": config.get("in_channels"), "experiment_name": config.get("experiment_name")}
     for key, state in (obj.get("callbacks") or {}).items():
         if "SeedOutputs" in str(key) and isinstance(state, Mapping):
             return dict(state.get("metadata") or {}, experiment_name=state.get("experiment_name"))
     return {}
 
 
+#: What :func:`load_teacher_model` reads (named in its error for anything else).
+TEACHER_FORMATS = ("a .pth written by train_fitnets or train_teacher", "the seed's teacher.py checkpoint "
+                   "{'model_state_dict', 'config': {'model', ...}}", "a Lightning checkpoint (with `architecture=`)",
+                   "a bare state dict (with `architecture=`)")
+
+
+def _state_of(obj: Any, path: Any) -> dict[str, Any]:
+    if isinstance(obj, Mapping):
+        state = obj.get("model_state_dict", obj.get("state_dict", obj))
+        if isinstance(state, Mapping) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+            if any(str(k).startswith("student.") for k in state):
+                state = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
+            return dict(state)
+    raise ValueError(f"Unknown checkpoint format in {str(path)!r} ({type(obj).__name__}); `teacher_path` must be one "
+                     f"of: {'; '.join(TEACHER_FORMATS)}.")
+
+
 def load_teacher_model(teacher_path: str | os.PathLike, num_classes: int, device: str | torch.device = "cpu",
                        architecture: str | None = None, in_channels: int | None = None) -> nn.Module:
-    """Rebuild and load a model saved by ``train_fitnets`` (or a state dict of a named model), safely.
+    """Rebuild and load a teacher (seed 004's call form ``(teacher_path, num_classes, device)``), safely.
 
-    Files are read with ``weights_only=True``. A ``.pth`` written by ``train_fitnets`` records its architecture,
-    class count and input channels; for a bare state dict (or Lightning checkpoint) pass ``architecture``.
+    Files are read with ``weights_only=True``. Understood (:data:`TEACHER_FORMATS`): a ``.pth`` written by
+    ``train_fitnets``/``train_teacher`` and the seed's ``teacher.py`` checkpoints (``model_state_dict`` + ``config``,
+    whose ``config["model"]`` names the architecture); for a bare state dict or a Lightning checkpoint pass
+    ``architecture``.
 
     Args:
         teacher_path: ``.pth`` from ``train_fitnets``, a state dict, or a Lightning checkpoint.
@@ -111,7 +92,8 @@ def load_teacher_model(teacher_path: str | os.PathLike, num_classes: int, device
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        ValueError: unreadable file, unknown/mismatched architecture, or another class count.
+        ValueError: unreadable file, unknown format (the message lists the understood ones), unknown/mismatched
+            architecture, or another class count.
 
     Example:
         >>> load_teacher_model("missing.pth", num_classes=10)
@@ -120,6 +102,7 @@ def load_teacher_model(teacher_path: str | os.PathLike, num_classes: int, device
         FileNotFoundError: Expected `teacher_path` to be an existing checkpoint file, but 'missing.pth' does not exist.
     """
     obj = _read_checkpoint(teacher_path, "teacher_path")
+    state = _state_of(obj, teacher_path)
     meta = checkpoint_metadata(obj)
     recorded = meta.get("architecture")
     if architecture is not None and recorded is not None and architecture != recorded:
@@ -131,9 +114,6 @@ def load_teacher_model(teacher_path: str | os.PathLike, num_classes: int, device
     if meta.get("num_classes") is not None and meta["num_classes"] != num_classes:
         raise ValueError(f"Expected a teacher with {num_classes} classes, but {str(teacher_path)!r} holds a {arch} with "
                          f"{meta['num_classes']} classes.")
-    state = obj.get("state_dict", obj) if isinstance(obj, Mapping) else obj
-    if any(str(k).startswith("student.") for k in state):
-        state = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
     model = create_fitnets_model(str(arch), num_classes=num_classes, in_channels=meta.get("in_channels") or in_channels)
     try:
         model.load_state_dict(state)
@@ -207,24 +187,30 @@ def primitive_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ outputs
 class SeedOutputs(pl.Callback):
-    """The seed's files: ``save_dir/{exp}_best.pth``, ``_final.pth``, ``_epoch_{N}.pth`` every ``save_freq`` epochs,
-    a text log ``log_dir/{exp}.log``, and the per-epoch history (kept in checkpoints, so it survives resume).
+    """The seed's files and progress: ``save_dir/{exp}_best.pth``, ``_final.pth`` and ``_epoch_{N}.pth`` (epoch ``N``
+    counted from 0, written when ``N % save_freq == 0`` or the epoch is the best so far, as the seed's
+    ``save_checkpoint``), a text log ``log_dir/{exp}.log`` and the per-epoch history (kept in checkpoints, so it
+    survives resume); with ``verbose`` the same lines go to stdout (batch lines every ``print_freq`` batches).
 
-    Each ``.pth`` holds the student's ``state_dict`` plus ``metadata`` (architecture, num_classes, in_channels, ...),
-    ``epoch``, ``accuracy``, ``best_accuracy``, ``config`` and ``lightning_checkpoint``: a Lightning checkpoint of the
-    same epoch to resume from (``{exp}_best.ckpt`` / ``{exp}_epoch_{N}.ckpt`` beside it; final: the run's ``last.ckpt``).
+    Each ``.pth`` has the seed's keys ``epoch``, ``model_state_dict``, ``optimizer_state_dict``, ``best_acc`` (percent)
+    and ``config`` (with ``num_classes``), so the seed's ``load_model`` reads it, plus ``metadata`` keys
+    (architecture, num_classes, in_channels, ...), ``accuracy`` and ``lightning_checkpoint``: a Lightning checkpoint of
+    the same epoch to resume from (``{exp}_best.ckpt`` / ``{exp}_epoch_{N}.ckpt`` beside it; final: ``last.ckpt``).
     """
 
     def __init__(self, save_dir: Path, log_dir: Path, experiment_name: str, metadata: Mapping[str, Any],
-                 config: Mapping[str, Any], save_freq: int, print_freq: int) -> None:
+                 config: Mapping[str, Any], save_freq: int, print_freq: int, verbose: bool = False) -> None:
         self.save_dir, self.log_dir, self.experiment_name = Path(save_dir), Path(log_dir), experiment_name
         self.metadata, self.config = dict(metadata), dict(config)
-        self.save_freq, self.print_freq = save_freq, print_freq
+        self.save_freq, self.print_freq, self.verbose = save_freq, print_freq, verbose
         self.history: list[dict[str, Any]] = []
         self.best_accuracy: float = 0.0
         self.best_epoch: int | None = None
         self._improved, self._fitting = False, False
         self._epoch_start = time.time()
+        self._correct, self._seen = 0, 0
+        self._logits: torch.Tensor | None = None
+        self._hook: Any = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._fitting = stage == "fit"  # Lightning also restores callbacks for `test(ckpt_path=...)`: ignore those
@@ -232,43 +218,65 @@ class SeedOutputs(pl.Callback):
     def path(self, kind: str) -> Path:
         return self.save_dir / f"{self.experiment_name}_{kind}.pth"
 
-    def _write(self, trainer: pl.Trainer, line: str) -> None:
+    def _write(self, trainer: pl.Trainer, line: str, echo: bool = True) -> None:
         if trainer.is_global_zero:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             with open(self.log_dir / f"{self.experiment_name}.log", "a", encoding="utf-8") as fh:
                 fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+            if self.verbose and echo:
+                print(f"[FitNets {self.experiment_name}] {line}", flush=True)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._write(trainer, f"start experiment={self.experiment_name} epoch={trainer.current_epoch} "
-                          f"max_epochs={trainer.max_epochs} config={json.dumps(self.config, default=str)}")
+                          f"max_epochs={trainer.max_epochs} config={json.dumps(self.config, default=str)}", echo=False)
+        self._write(trainer, f"training {self.metadata.get('architecture')} for epochs {trainer.current_epoch}.."
+                             f"{(trainer.max_epochs or 1) - 1}, {trainer.num_training_batches} batches per epoch")
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._epoch_start = time.time()
+        self._epoch_start, self._correct, self._seen = time.time(), 0, 0
+        student = getattr(pl_module, "student", None)
+        if isinstance(student, nn.Module) and self._hook is None:
+            self._hook = student.register_forward_hook(self._keep_logits)  # train accuracy, without another forward
+
+    def _keep_logits(self, module: nn.Module, args: Any, output: Any) -> None:
+        if module.training and isinstance(output, torch.Tensor) and output.dim() == 2:
+            self._logits = output.detach()  # (B, C)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if (batch_idx + 1) % self.print_freq == 0 and isinstance(outputs, Mapping) and "loss" in outputs:
-            self._write(trainer, f"epoch {trainer.current_epoch + 1} batch {batch_idx + 1}/{trainer.num_training_batches} "
-                              f"loss={float(outputs['loss']):.4f}")
+        y = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+        if self._logits is not None and isinstance(y, torch.Tensor) and len(y) == len(self._logits):
+            self._correct += int((self._logits.argmax(-1) == y).sum())
+            self._seen += len(y)
+        self._logits = None
+        if batch_idx % self.print_freq == 0 and isinstance(outputs, Mapping) and "loss" in outputs:
+            acc = f" Acc@1 {100 * self._correct / self._seen:.3f}" if self._seen else ""
+            self._write(trainer, f"Epoch {trainer.current_epoch} Batch [{batch_idx}/{trainer.num_training_batches}] "
+                                 f"Loss {float(outputs['loss']):.4f}{acc}")
 
     def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch + 1
+        epoch = trainer.current_epoch  # from 0, as the seed counts
         if self.history and self.history[-1]["epoch"] == epoch:
             return
-        entry: dict[str, Any] = {"epoch": epoch, "phase": getattr(pl_module, "phase", "plain")}
-        entry["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else None
         module = cast(KDBaseModule, pl_module)  # train_fitnets trains a kd_toolkit module
-        entry["train_loss"] = module.epoch_loss_per_sample()
-        means = module.epoch_component_means()
-        entry.update(means or {"hard_loss": entry["train_loss"]})
+        means = module.epoch_component_means() or {}
         metrics = trainer.callback_metrics
-        for key in ("val_loss", "val_acc"):
-            entry[key] = float(metrics[key]) if key in metrics else None
-        entry["time_s"] = round(time.time() - self._epoch_start, 3)
+        val_acc = 100 * float(metrics["val_acc"]) if "val_acc" in metrics else None
+        entry: dict[str, Any] = {
+            "epoch": epoch, "train_loss": module.epoch_loss_per_sample(),
+            "train_acc": 100 * self._correct / self._seen if self._seen else None,
+            "val_loss": float(metrics["val_loss"]) if "val_loss" in metrics else None, "val_acc": val_acc,
+            "lr": float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else None,
+        }
+        # the seed's loss names (epoch means here; the seed kept the last batch's), then kd_toolkit's components
+        entry.update(classification_loss=means.get("hard_loss", entry["train_loss"]), kd_loss=means.get("kd_loss", 0.0),
+                     feature_loss=means.get("hint_loss", 0.0), total_loss=entry["train_loss"])
+        entry.update({"phase": getattr(pl_module, "phase", "plain"), **means,
+                      "time_s": round(time.time() - self._epoch_start, 3)})
         self.history.append(entry)
-        self._improved = entry["val_acc"] is not None and (self.best_epoch is None or entry["val_acc"] > self.best_accuracy)
+        self._improved = val_acc is not None and (self.best_epoch is None or val_acc > self.best_accuracy)
         if self._improved:
-            self.best_accuracy, self.best_epoch = entry["val_acc"], epoch
+            self.best_accuracy, self.best_epoch = float(val_acc), epoch  # type: ignore[arg-type]
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Runs before ModelCheckpoint's save (checkpoint callbacks run last), so last.ckpt includes this epoch.
@@ -277,21 +285,30 @@ class SeedOutputs(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._record(trainer, pl_module)  # epochs without validation
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
         entry = self.history[-1]
         # ModelCheckpoint saves after this hook, so each .pth gets a Lightning checkpoint of its own epoch.
         if self._improved:
             self._save(trainer, pl_module, "best", self._lightning_checkpoint(trainer, "best"))
-        if entry["epoch"] % self.save_freq == 0:
+        if entry["epoch"] % self.save_freq == 0 or self._improved:
             kind = f"epoch_{entry['epoch']}"
             self._save(trainer, pl_module, kind, self._lightning_checkpoint(trainer, kind))
         self._improved = False
-        shown = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items())
-        self._write(trainer, shown)
+
+        def show(v: Any) -> str:
+            return "None" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+        self._write(trainer, f"Epoch {entry['epoch']}: Train Loss: {show(entry['train_loss'])}, Train Acc: "
+                             f"{show(entry['train_acc'])}, Val Loss: {show(entry['val_loss'])}, Val Acc: "
+                             f"{show(entry['val_acc'])}, LR: {show(entry['lr'])} ({entry['time_s']:.1f}s)")
+        self._write(trainer, " ".join(f"{k}={show(v)}" for k, v in entry.items()), echo=False)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         ckpt = trainer.checkpoint_callback
         self._save(trainer, pl_module, "final", getattr(ckpt, "last_model_path", None) or None)
-        self._write(trainer, f"end best_accuracy={self.best_accuracy:.4f} best_epoch={self.best_epoch}")
+        self._write(trainer, f"Experiment completed. Best accuracy: {self.best_accuracy:.4f} (epoch {self.best_epoch})")
 
     def _lightning_checkpoint(self, trainer: pl.Trainer, kind: str) -> str:
         path = self.save_dir / f"{self.experiment_name}_{kind}.ckpt"
@@ -303,14 +320,25 @@ class SeedOutputs(pl.Callback):
             return
         student = getattr(pl_module, "student", pl_module)
         entry = self.history[-1] if self.history else {}
+        optimizer = trainer.optimizers[0].state_dict() if trainer.optimizers else {}
         payload = {
-            "state_dict": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+            "epoch": trainer.max_epochs if kind == "final" else entry.get("epoch", trainer.current_epoch),
+            "model_state_dict": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+            "optimizer_state_dict": optimizer, "best_acc": self.best_accuracy,
+            "config": {**self.config, "num_classes": self.metadata.get("num_classes")},
             **self.metadata, "experiment_name": self.experiment_name, "kind": kind.split("_")[0],
-            "epoch": entry.get("epoch", trainer.current_epoch), "accuracy": entry.get("val_acc"),
-            "best_accuracy": self.best_accuracy, "config": self.config,
+            "accuracy": entry.get("val_acc"),
             "lightning_checkpoint": str(Path(lightning_ckpt).resolve()) if lightning_ckpt else None,
         }
         save_torch(payload, self.path(kind))
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # A checkpoint written after the epoch's last batch resumes at the next epoch: its training loader must
+        # not skip that many batches of the new epoch (core's ResumableDataLoader state counts the finished epoch).
+        states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader") or []
+        for state in states:
+            if isinstance(state, dict) and (state.get("done") or 0) >= trainer.num_training_batches:
+                state["done"] = 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history, "best_accuracy": self.best_accuracy, "best_epoch": self.best_epoch,

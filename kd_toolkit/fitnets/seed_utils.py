@@ -22,17 +22,24 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from kd_toolkit.core.batch import logits_of, split_batch
+from kd_toolkit.core.batch import split_batch
 from kd_toolkit.core.module import KDBaseModule
 from kd_toolkit.distillation.module import DistillationModule
-from kd_toolkit.fitnets.models import DEFAULT_HINT_LAYERS, FITNETS_MODELS, default_hint_layers
+from kd_toolkit.fitnets.models import (
+    DEFAULT_HINT_LAYERS,
+    FITNETS_MODELS,
+    FinalLogits,
+    as_logits_model,
+    default_hint_layers,
+    final_logits,
+)
 from kd_toolkit.fitnets.module import FitNetsModule
 from kd_toolkit.fitnets.seed_config import DEFAULT_CONFIG, create_fitnets_config
 from kd_toolkit.fitnets.seed_io import ARCH_BY_CLASS
 from kd_toolkit.fitnets.taps import tapped_forward
 
 __all__ = [
-    "REGRESSOR_GROUP", "build_fitnets_module", "compute_fitnets_loss", "extract_student_features",
+    "REGRESSOR_GROUP", "build_fitnets_module", "compute_fitnets_loss", "evaluate_loader", "extract_student_features",
     "extract_teacher_features", "seed_module", "resolve_hint_layers", "train_epoch", "validate",
     "visualize_feature_maps",
 ]
@@ -60,8 +67,10 @@ def seed_module(cfg: Mapping[str, Any], student: nn.Module, teacher: nn.Module |
         optimizer_kwargs={"momentum": cfg["momentum"], "weight_decay": cfg["weight_decay"]},
         scheduler_kwargs={"step_size_epochs": cfg["step_size"], "gamma": cfg["gamma"]})
     if teacher is None:
-        return DistillationModule(student, None, **common)
-    return FitNetsModule(student, teacher, resolve_hint_layers(cfg, teacher), example_input=example, stage=cfg["stage"],
+        return DistillationModule(as_logits_model(student), None, **common)
+    hint_layers = resolve_hint_layers(cfg, teacher)
+    return FitNetsModule(as_logits_model(student), as_logits_model(teacher), hint_layers, example_input=example,
+                         stage=cfg["stage"],
                          hint_epochs=cfg["hint_epochs"] or 1, alpha=cfg["alpha"], beta=cfg["beta"], align=cfg["align"],
                          regressor=cfg["regressor"], **common)
 
@@ -117,15 +126,22 @@ def extract_student_features(student_model: nn.Module, x: Tensor, config: Mappin
     return _single(tapped_forward(student_model, paths, lambda: student_model(x), detach=False, stop=True)[0])
 
 
+def _unwrapped(model: Any) -> Any:
+    return model.model if isinstance(model, FinalLogits) else model
+
+
 def _check_module(module: KDBaseModule, student: nn.Module, teacher: nn.Module | None) -> None:
-    if module.student is not student or module.teacher is not teacher:
+    if _unwrapped(module.student) is not student or _unwrapped(module.teacher) is not teacher:
         raise ValueError("Expected `module` to be built for these `student_model` and `teacher_model` (by "
                          "build_fitnets_module), but it holds other models.")
 
 
 def compute_fitnets_loss(student_model: nn.Module, teacher_model: nn.Module | None, x: Tensor, y: Tensor,
-                         config: Mapping[str, Any], module: KDBaseModule | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    """The seed's one-stage loss ``hard + alpha * kd + beta * hint`` for one batch: ``(total, components)``.
+                         config: Mapping[str, Any], module: KDBaseModule | None = None) -> tuple[Tensor, dict[str, float]]:
+    """The seed's one-stage loss ``hard + alpha * kd + beta * hint`` for one batch: ``(total, losses)``.
+
+    ``total`` is the tensor to back-propagate; ``losses`` the seed's floats ``classification_loss``, ``kd_loss``,
+    ``feature_loss`` and ``total_loss``, then kd_toolkit's component names (``hard_loss``, ``hint_loss``, ...).
 
     The components come from the module's own ``loss_components`` (the code that trains in
     :func:`~kd_toolkit.fitnets.seed_api.train_fitnets`), weighted by its ``loss_weights``: the config's
@@ -146,8 +162,10 @@ def compute_fitnets_loss(student_model: nn.Module, teacher_model: nn.Module | No
         >>> cfg = create_fitnets_config(model="ThinDeepCNN", hint_layers={"features.4": "features.2"}, beta=1.0)
         >>> total, parts = compute_fitnets_loss(ThinDeepCNN(), WideCNN(), torch.randn(4, 1, 28, 28),
         ...                                     torch.tensor([0, 1, 2, 3]), cfg)
-        >>> sorted(parts)
-        ['hard_loss', 'hint_loss', 'hint_loss/features.4', 'kd_loss']
+        >>> list(parts)[:4]
+        ['classification_loss', 'kd_loss', 'feature_loss', 'total_loss']
+        >>> sorted(parts)[-3:]
+        ['hint_loss/features.4', 'kd_loss', 'total_loss']
     """
     if module is None:
         module = build_fitnets_module(student_model, teacher_model, config, x)
@@ -155,7 +173,10 @@ def compute_fitnets_loss(student_model: nn.Module, teacher_model: nn.Module | No
     parts = module.loss_components(x, y, None)
     weights = module.loss_weights
     total: Tensor = sum(weights[k] * v for k, v in parts.items() if k in weights)  # type: ignore[assignment]
-    return total, parts
+    floats = {k: float(v.detach()) for k, v in parts.items()}
+    seed = {"classification_loss": floats.get("hard_loss", 0.0), "kd_loss": floats.get("kd_loss", 0.0),
+            "feature_loss": floats.get("hint_loss", 0.0), "total_loss": float(total.detach())}
+    return total, {**seed, **floats}
 
 
 def _adopt_group(regressors: nn.Module, params: list[nn.Parameter]) -> None:
@@ -195,7 +216,7 @@ def _include_regressors(optimizer: torch.optim.Optimizer, module: KDBaseModule, 
 
 def train_epoch(student_model: nn.Module, teacher_model: nn.Module | None, train_loader: DataLoader,
                 optimizer: torch.optim.Optimizer, device: str | torch.device, config: Mapping[str, Any],
-                module: KDBaseModule | None = None) -> dict[str, float]:
+                module: KDBaseModule | None = None) -> tuple[float, float, dict[str, float]]:
     """One epoch of :func:`compute_fitnets_loss` with the caller's optimizer (seed 004's ``train_epoch``).
 
     The hint regressors must be trained by ``optimizer`` too. With ``module`` (from :func:`build_fitnets_module`)
@@ -204,12 +225,14 @@ def train_epoch(student_model: nn.Module, teacher_model: nn.Module | None, train
     calls with that optimizer train the same regressors (taken back from that group).
 
     Returns:
-        Per-sample means of ``loss`` and of every loss component.
+        The seed's ``(loss, accuracy, losses)``: the per-sample mean loss, the training accuracy in percent (of the
+        predictions made during the steps) and the last batch's ``losses`` from :func:`compute_fitnets_loss`.
     """
     student_model.to(device).train()
     teacher = teacher_model.to(device) if teacher_model is not None else None
-    sums: dict[str, float] = {}
-    count = 0
+    total_loss, correct, count = 0.0, 0, 0
+    parts: dict[str, float] = {}
+    seen: list[Tensor] = []
     for batch in train_loader:
         x, y, _ = split_batch(batch)
         x, y = x.to(device), y.to(device)  # type: ignore[union-attr]
@@ -218,41 +241,56 @@ def train_epoch(student_model: nn.Module, teacher_model: nn.Module | None, train
             if module is None:
                 module = build_fitnets_module(student_model, teacher, config, x)
             _include_regressors(optimizer, module, built_here)
-        total, parts = compute_fitnets_loss(student_model, teacher, x, y, config, module)
+        seen.clear()
+        assert module is not None  # built on the first batch
+        handle = module.student.register_forward_hook(lambda _m, _a, out: seen.append(final_logits(out).detach()))
+        try:
+            total, parts = compute_fitnets_loss(student_model, teacher, x, y, config, module)
+        finally:
+            handle.remove()
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
-        for key, value in {"loss": total, **parts}.items():
-            sums[key] = sums.get(key, 0.0) + float(value.detach()) * len(y)
+        if seen:
+            correct += int((seen[0].argmax(-1) == y).sum())
+        total_loss += float(total.detach()) * len(y)
         count += len(y)
-    return {k: v / max(1, count) for k, v in sums.items()}
+    return total_loss / max(1, count), 100.0 * correct / max(1, count), parts
 
 
 @torch.no_grad()
-def validate(student_model: nn.Module, teacher_model: nn.Module | None, val_loader: DataLoader,
-             device: str | torch.device, config: Mapping[str, Any]) -> dict[str, float]:
-    """Cross-entropy ``loss`` and ``accuracy`` of the student on ``val_loader`` (eval mode; ``teacher_model`` and
-    ``config`` are accepted for the seed's signature)."""
-    was = student_model.training
-    student_model.to(device).eval()
+def evaluate_loader(model: nn.Module, loader: DataLoader, device: str | torch.device) -> tuple[float, float, int]:
+    """``(mean cross-entropy, accuracy in percent, samples)`` of ``model`` on labelled batches, in eval mode."""
+    was = model.training
+    model.to(device).eval()
     loss, correct, count = 0.0, 0, 0
-    for batch in val_loader:
-        x, y, _ = split_batch(batch)
-        if y is None:
-            raise ValueError("Expected `val_loader` to yield labelled batches (x, y), but a batch has no labels.")
-        logits = logits_of(student_model(x.to(device)))  # (B, C)
-        loss += float(nn.functional.cross_entropy(logits, y.to(device), reduction="sum"))
-        correct += int((logits.argmax(-1).cpu() == y.cpu()).sum())
-        count += len(y)
-    student_model.train(was)
-    return {"loss": loss / max(1, count), "accuracy": correct / max(1, count)}
+    try:
+        for batch in loader:
+            x, y, _ = split_batch(batch)
+            if y is None:
+                raise ValueError("Expected the loader to yield labelled batches (x, y), but a batch has no labels.")
+            logits = final_logits(model(x.to(device)))  # (B, C)
+            loss += float(nn.functional.cross_entropy(logits, y.to(device), reduction="sum"))
+            correct += int((logits.argmax(-1).cpu() == y.cpu()).sum())
+            count += len(y)
+    finally:
+        model.train(was)
+    return loss / max(1, count), 100.0 * correct / max(1, count), count
+
+
+def validate(student_model: nn.Module, teacher_model: nn.Module | None, val_loader: DataLoader,
+             device: str | torch.device, config: Mapping[str, Any]) -> tuple[float, float]:
+    """The seed's ``(loss, accuracy)`` of the student on ``val_loader``: mean cross-entropy and accuracy in percent
+    (eval mode; ``teacher_model`` and ``config`` are accepted for the seed's signature)."""
+    loss, accuracy, _ = evaluate_loader(student_model, val_loader, device)
+    return loss, accuracy
 
 
 def visualize_feature_maps(model: nn.Module, x: Tensor, config: Mapping[str, Any], layer_idx: int = 0,
                            save_path: str | os.PathLike | None = None, max_channels: int = 16) -> Tensor:
     """The feature map of the ``layer_idx``-th stage of ``model`` for ``x``; optionally a PNG grid of its channels.
 
-    Stages: ``stages.*`` (MultiBranchNet), ``layer1..4`` (ResNets), ``features.*`` (ThinDeepCNN/WideCNN), else the
+    Stages: ``att.*`` (MultiBranchNet: its ``features[layer_idx]``), ``layer1..4`` (ResNets), ``features.*`` (ThinDeepCNN/WideCNN), else the
     top-level children whose output is a 4-D map. The grid shows the first sample's first ``max_channels`` channels.
 
     Raises:
@@ -276,7 +314,7 @@ def visualize_feature_maps(model: nn.Module, x: Tensor, config: Mapping[str, Any
 
 def _stage_paths(model: nn.Module, x: Tensor) -> list[str]:
     names = dict(model.named_modules())
-    for prefix, count in (("stages.", 8), ("layer", 8), ("features.", 64)):
+    for prefix, count in (("att.", 4), ("layer", 8), ("features.", 64)):
         found = [f"{prefix}{i}" if prefix != "layer" else f"layer{i + 1}" for i in range(count)]
         found = [p for p in found if p in names]
         if found:
