@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from kd_toolkit._checks import check_int, close_matches, expected, is_int
+from kd_toolkit._checks import check_int, close_matches, expected
 from kd_toolkit._io import check_digest, load_torch
 
 _PRECISIONS = {
@@ -214,23 +214,13 @@ def resume_version(path: str | None, root: Path, name: str) -> str | None:
     return None
 
 
-def train_loader_state(checkpoint: Mapping[str, Any], loader: Any, trainer_kwargs: Mapping[str, Any]
-                       ) -> dict[str, Any] | None:
+def train_loader_state(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
     """The training loader's state when ``checkpoint`` was written mid-epoch (see ``ResumableDataLoader``), else
-    ``None``: a checkpoint from the end of an epoch starts the next epoch afresh."""
+    ``None`` (at an epoch's end ``RNGStateCallback`` saves ``done = 0``: the next epoch starts afresh)."""
     states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader") or []
     if len(states) != 1 or not isinstance(states[0], dict):
         return None
-    try:
-        per_epoch = len(loader)
-    except TypeError:  # no length: the epoch's end is unknown, so is whether the checkpoint is mid-epoch
-        return None
-    limit: Any = trainer_kwargs.get("limit_train_batches")
-    if is_int(limit):
-        per_epoch = min(per_epoch, int(limit))
-    elif isinstance(limit, float):
-        per_epoch = int(per_epoch * limit)
-    return states[0] if 0 < int(states[0].get("done", 0)) < per_epoch else None
+    return states[0] if int(states[0].get("done") or 0) > 0 else None
 
 
 def check_resume_fits(path: str | None, checkpoint: Mapping[str, Any], module: Any) -> None:

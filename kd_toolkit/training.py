@@ -204,7 +204,7 @@ class KnowledgeDistillationTraining:
             resume_from_checkpoint = targs.find_last_checkpoint(self.root_dir, self.experiment_name)
         self.ckpt_path, checkpoint = targs.load_resume_checkpoint(resume_from_checkpoint)
         targs.check_resume_fits(self.ckpt_path, checkpoint, module)
-        loader_state = targs.train_loader_state(checkpoint, self.train_loader, trainer_kwargs)
+        loader_state = targs.train_loader_state(checkpoint)
         if loader_state is not None and isinstance(self.train_loader, ResumableDataLoader):
             # given now: Lightning builds the epoch's iterator (for `estimated_stepping_batches`) before it
             # restores the loops, so it would never hand this state over in time

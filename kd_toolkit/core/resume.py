@@ -77,6 +77,14 @@ class RNGStateCallback(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pending = None
 
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # A checkpoint written after the epoch's last batch resumes at the next epoch: the training loader's state
+        # (see ResumableDataLoader) must then not skip a whole epoch's worth of batches of the new one.
+        states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader") or []
+        for state in states:
+            if isinstance(state, dict) and (state.get("done") or 0) >= trainer.num_training_batches:
+                state["done"] = 0
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         done = getattr(trainer.train_dataloader, "batch_done", None)  # a ResumableDataLoader counts its batches
         if callable(done):

@@ -332,14 +332,6 @@ class SeedOutputs(pl.Callback):
         }
         save_torch(payload, self.path(kind))
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-        # A checkpoint written after the epoch's last batch resumes at the next epoch: its training loader must
-        # not skip that many batches of the new epoch (core's ResumableDataLoader state counts the finished epoch).
-        states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader") or []
-        for state in states:
-            if isinstance(state, dict) and (state.get("done") or 0) >= trainer.num_training_batches:
-                state["done"] = 0
-
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history, "best_accuracy": self.best_accuracy, "best_epoch": self.best_epoch,
                 "experiment_name": self.experiment_name, "metadata": self.metadata}
