@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DIGEST_KEY", "atomic_write", "check_digest", "file_digest", "load_torch", "load_weights", "save_torch",
+__all__ = ["DIGEST_KEY", "atomic_link", "atomic_write", "check_digest", "file_digest", "load_torch", "load_weights", "save_torch",
            "state_digest", "write_json", "write_text"]
 
 #: Permissions of the files we write (temporary files start as 0600): ordinary ``rw-r--r--`` less the umask.
@@ -56,6 +56,26 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_link(source: str | Path, path: str | Path) -> Path:
+    """Make ``path`` another name of the file ``source`` (a hard link, no copy), atomically replacing ``path``;
+    falls back to an atomic copy where the file system has no hard links."""
+    import shutil
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.link")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+    except OSError:
+        return atomic_write(path, lambda name: shutil.copyfile(source, name))
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

@@ -62,7 +62,7 @@ def test_a_write_that_fails_half_way_leaves_files_and_paths_as_they_were(tmp_pat
 
     def save_then_fail(obj, f, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 2:  # epoch 0 (best + last) succeeds; the first write of epoch 1 fails after writing
+        if calls["n"] > 1:  # epoch 0 (best, and last as its hard link) succeeds; epoch 1's first write fails
             real_save(obj, f, *args, **kwargs)
             with open(f, "r+b") as handle:
                 handle.truncate(4096)  # a half-written file, as on a full disk

@@ -20,7 +20,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_warn
 
-from kd_toolkit._io import DIGEST_KEY, atomic_write, check_digest, load_torch, state_digest
+from kd_toolkit._io import DIGEST_KEY, atomic_link, atomic_write, check_digest, load_torch, state_digest
 
 __all__ = ["InterruptCheckpoint", "MonitorCheck", "SafeCheckpointIO", "SafeModelCheckpoint"]
 
@@ -36,11 +36,21 @@ class SafeCheckpointIO(TorchCheckpointIO):
         [1.0, 1.0]
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._previous: tuple[Any, str, str] | None = None  # (global step, digest, path) of the last file written
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take `storage_options`, but got {storage_options!r}.")
-        checkpoint = {**checkpoint, DIGEST_KEY: state_digest(checkpoint.get("state_dict", {}))}
+        digest = state_digest(checkpoint.get("state_dict", {}))
+        step, previous = checkpoint.get("global_step"), self._previous
+        if previous is not None and previous[:2] == (step, digest) and os.path.isfile(previous[2]):
+            atomic_link(previous[2], path)  # the same weights at the same step (best and last): one write, two names
+            return
+        checkpoint = {**checkpoint, DIGEST_KEY: digest}
         atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+        self._previous = (step, digest, os.fspath(path))
 
     def load_checkpoint(self, path: Any, map_location: Callable[..., Any] | Any = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
