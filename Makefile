@@ -34,6 +34,7 @@ bench-env: $(STAMP)
 bench: bench-env
 	$(PY) -m benchmarks --suite quick
 
+# the full suite writes benchmarks/results/latest/ (untracked); add --readme to publish the figures (tracked files)
 bench-full: bench-env
 	$(PY) -m benchmarks --suite full
 

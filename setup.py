@@ -14,7 +14,7 @@ setup(
     description="Knowledge distillation, FitNets and early-exit networks on PyTorch Lightning.",
     long_description=(_HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    license="MIT",
+    license="MIT",  # an SPDX expression; with a license classifier as well, setuptools warns at install
     python_requires=">=3.10",
     packages=find_packages(include=["kd_toolkit", "kd_toolkit.*", "knowledge_distilation"]),
     include_package_data=True,
@@ -37,7 +37,6 @@ setup(
     },
     entry_points={"console_scripts": ["kd-toolkit=kd_toolkit.cli:main"]},
     classifiers=[
-        "License :: OSI Approved :: MIT License",
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],

@@ -2,9 +2,10 @@
 
 The quick suite (< 3 minutes on 2 CPU cores) runs every protocol in its smoke mode: it checks that the
 scripts work, not what they measure, and writes everything under ``benchmarks/results/quick/``. The full suite
-(< 30 minutes) produces the figures: ``benchmarks/results/<protocol>.json``, ``summary-full.json``, ``full.md``,
-and the kd_toolkit block of ``benchmarks/README.md`` (``--readme``/``--no-readme`` override), leaving the other
-sections of that file untouched. The FitNets and early-exit scripts (``benchmarks/fitnets.py``,
+(< 30 minutes) measures the figures and writes them under ``benchmarks/results/latest/``; with ``--readme`` it
+publishes them: ``benchmarks/results/<protocol>.json``, ``summary-full.json``, ``full.md`` and the kd_toolkit
+block of ``benchmarks/README.md``, leaving the other sections of that file untouched. Without ``--readme`` no
+tracked file changes (``results/quick/`` and ``results/latest/`` are git-ignored). The FitNets and early-exit scripts (``benchmarks/fitnets.py``,
 ``benchmarks/early_exit.py``) run in both suites when they exist; in a suite their JSON goes to
 ``results/suite/`` (full) or ``results/quick/``, so the ``results/fitnets.json`` and ``results/early_exit.json``
 behind their own README sections (written by those scripts when run on their own) are never replaced.
@@ -77,13 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", choices=["quick", "full"], default="quick")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {list(PROTOCOLS)}")
     parser.add_argument("--out-dir", type=Path, default=None,
-                        help="default: benchmarks/results (full suite) or benchmarks/results/quick (quick suite)")
+                        help="default: benchmarks/results/quick (quick suite), benchmarks/results/latest (full "
+                             "suite), benchmarks/results (full suite with --readme)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: on a shared 2-core machine more threads make "
                              "timings erratic)")
     readme = parser.add_mutually_exclusive_group()
     readme.add_argument("--readme", dest="readme", action="store_true", default=None,
-                        help="update benchmarks/README.md (default: full suite only)")
+                        help="publish: write the figures in benchmarks/results/ and update benchmarks/README.md "
+                             "(default: off; the published files are tracked by git)")
     readme.add_argument("--no-readme", dest="readme", action="store_false")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(PROTOCOLS)
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("COMET_DISABLE_AUTO_LOGGING", "1")
     quick = args.suite == "quick"
     if args.out_dir is None:
-        args.out_dir = RESULTS_DIR / "quick" if quick else RESULTS_DIR
+        args.out_dir = RESULTS_DIR / "quick" if quick else RESULTS_DIR if args.readme else RESULTS_DIR / "latest"
     command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
     machine, start = machine_info(), time.perf_counter()
     protocols: dict[str, Any] = {}
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out_dir, f"summary-{args.suite}", summary)
     markdown = render(summary)
     (Path(args.out_dir) / f"{args.suite}.md").write_text(markdown, encoding="utf-8")
-    if args.readme if args.readme is not None else not quick:
+    if args.readme:
         update_readme(README, readme_block(summary))
     print(markdown)
     print(f"[benchmarks] {args.suite} suite done in {summary['seconds'] / 60:.1f} min", flush=True)

@@ -29,7 +29,7 @@ def accuracy(model: nn.Module, loader) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--teacher-epochs", type=int, default=10)
+    parser.add_argument("--teacher-epochs", type=int, default=5)
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -41,14 +41,14 @@ def main() -> None:
     teacher_model = create_model("digits_teacher")
     KnowledgeDistillationTraining(student_model=teacher_model, train_data_loader=data.train_dataloader(),
                                   val_data_loaders={"val": data.val_dataloader()}, max_epoch=args.teacher_epochs,
-                                  learning_rate=1e-3, default_root_dir="runs/examples", experiment_name="seed001_teacher",
-                                  quiet=True).fit()
+                                  learning_rate=1e-2, precision=32, default_root_dir="runs/examples",
+                                  experiment_name="seed001_teacher", quiet=True).fit()
     print(f"teacher test accuracy: {accuracy(teacher_model, data.test_dataloader()):.4f}")
 
     # 2. the seed-001 call form, one epoch per call; the optimizer keeps its state across calls
     student_model = create_model("digits_student")
     trainloader = data.train_dataloader()
-    optimizer = torch.optim.Adam(student_model.parameters(), lr=0.001)
+    optimizer = torch.optim.Adam(student_model.parameters(), lr=0.01)  # 0.001 needs ~4x the epochs on digits
     for epoch in range(args.epochs):
         epoch_loss = knowledge_distillation_train(
             teacher_model=teacher_model,
@@ -60,7 +60,7 @@ def main() -> None:
             temperature=2.0,  # Controls softness of probability distributions
         )
         print(f"epoch {epoch + 1}: average loss per sample {epoch_loss:.4f}")
-    print(f"distilled student test accuracy: {accuracy(student_model, data.test_dataloader()):.4f}")
+    print(f"final test accuracy: {accuracy(student_model, data.test_dataloader()):.4f}")  # the distilled student
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ file that was not written.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -62,15 +63,34 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
 
 class SafeModelCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose recorded paths survive a failed write unchanged (the failure still raises)."""
+    """``ModelCheckpoint`` whose recorded paths survive a failed write unchanged (the failure still raises).
 
-    def _guarded(self, hook: Callable[..., None], *args: Any) -> None:
+    With a ``monitor`` and ``save_top_k=1``, the best checkpoint is also copied (atomically) to ``best.ckpt``
+    in the same folder, a name to pass to ``kd-toolkit test --ckpt_path`` without knowing the epoch and score
+    in ``best-<epoch>-<metric>.ckpt``; ``best_alias=None`` turns that off, a file name changes it.
+    """
+
+    def __init__(self, *args: Any, best_alias: str | None = "best.ckpt", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.best_alias = best_alias if self.monitor is not None and self.save_top_k == 1 else None
+
+    def _guarded(self, hook: Callable[..., None], trainer: pl.Trainer, *args: Any) -> None:
         before = {**self.state_dict(), "best_k_models": dict(self.best_k_models)}  # a copy: saving mutates it
         try:
-            hook(*args)
+            hook(trainer, *args)
         except BaseException:
             self.load_state_dict(before)  # paths and scores as they were: they name complete files
             raise
+        if self.best_model_path != before["best_model_path"]:
+            self._copy_to_alias(trainer)
+
+    def _copy_to_alias(self, trainer: pl.Trainer) -> None:
+        best = self.best_model_path
+        if not self.best_alias or not best or not trainer.is_global_zero or not os.path.isfile(best):
+            return
+        alias = os.path.join(os.path.dirname(best), self.best_alias)
+        if os.path.abspath(alias) != os.path.abspath(best):  # a full disk leaves the previous best.ckpt whole
+            atomic_write(alias, lambda tmp: shutil.copyfile(best, tmp))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         self._guarded(super().on_train_batch_end, trainer, pl_module, *args)

@@ -7,6 +7,7 @@ retrying a bad key.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -27,6 +28,9 @@ __all__ = ["CometInfo", "build_comet_logger", "comet_server_reachable", "read_co
 _DEFAULT_COMET_URL = "https://www.comet.com/clientlib/"
 _INFO_FORMAT = "three non-empty lines: API key, project name, workspace"
 _RESERVED_COMET_KWARGS = ("api_key", "project", "workspace", "online", "offline_directory", "name")
+#: Comet's console logger: offline, its INFO/WARNING lines (a ~60-line experiment summary, "Failed to log ip",
+#: git lookups, archiving steps) say nothing our one offline warning has not said; its errors still show.
+_COMET_CONSOLE = logging.getLogger("comet_ml")
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,7 @@ class _CometLogger(CometLogger):
         self._kd_offline = offline
         self._kd_params: dict[str, Any] = {}
         self._kd_defer = True  # Lightning's __init__ ends by starting the experiment
+        self._kd_console_level: int | None = None  # Comet's console level while an offline experiment runs
         # Lightning sets this after its availability check has already imported comet_ml, too late to
         # stop Comet's import hooks from patching TensorBoard (TensorBoardLogger scalars would reach Comet twice).
         os.environ.setdefault("COMET_DISABLE_AUTO_LOGGING", "1")
@@ -180,6 +185,9 @@ class _CometLogger(CometLogger):
             self._online = False
         if self._comet_config.offline_directory:  # Comet creates only the last folder level
             Path(self._comet_config.offline_directory).mkdir(parents=True, exist_ok=True)
+        if self._kd_offline and self._kd_console_level is None:  # quiet until `finalize` ends the experiment
+            self._kd_console_level = _COMET_CONSOLE.level
+            _COMET_CONSOLE.setLevel(logging.ERROR)
         super()._create_experiment()
         if self._kd_params:
             params, self._kd_params = self._kd_params, {}
@@ -209,6 +217,10 @@ class _CometLogger(CometLogger):
             return
         self._experiment.end()
         self._experiment = None
+        if self._kd_console_level is not None:
+            _COMET_CONSOLE.setLevel(self._kd_console_level)
+            self._kd_console_level = None
+
 
 
 def build_comet_logger(
