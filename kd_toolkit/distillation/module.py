@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -15,6 +16,7 @@ from kd_toolkit.core.batch import logits_of, split_batch
 from kd_toolkit.core.module import KDBaseModule, ModuleArgs, attached_trainer
 from kd_toolkit.core.teachers import SINGLE_TEACHER
 from kd_toolkit.distillation.cache import TopKCache, build_teacher_cache, build_topk_teacher_cache
+from kd_toolkit.distillation.persist import cache_key, check_cache_dir, load_or_build
 from kd_toolkit.distillation.topk import check_cache_k, topk_soft_target_log_probs
 from kd_toolkit.losses import (
     MIXING_MODES,
@@ -82,6 +84,10 @@ class DistillationModule(KDBaseModule):
             classes; the cache is tied to ``temperature``. Only ``kd_loss`` (and ``hard_loss``) can use it, with
             ``teacher_mixing="probs"`` and no ``logit_standardization``.
         cache_k: ``k`` of the top-k cache, a positive int smaller than the class count (default 10).
+        cache_dir: keep the cache in memory-mapped files in this (writable) directory, written once per node by its
+            rank 0 and read by every rank; a later run with the same teacher weights and dataset (and for top-k the
+            same ``cache_k`` and ``temperature``) skips the teacher; any difference rebuilds it with a warning that
+            says why (:mod:`kd_toolkit.distillation.persist`).
         teacher_weights: one weight ``>= 0`` per teacher (a list in the teachers' order, or a dict by name), with a
             positive sum; normalised. ``None``: equal weights.
         teacher_mixing: ``"probs"`` (mixture of the tempered distributions) or ``"logits"`` (average the logits).
@@ -124,6 +130,7 @@ class DistillationModule(KDBaseModule):
         loss_weights: Mapping[str, float] | None = None,
         cache_teacher_outputs: bool | CacheMode = False,
         cache_k: int = 10,
+        cache_dir: str | Path | None = None,
         teacher_weights: list[float] | dict[str, float] | None = None,
         teacher_mixing: MixingMode = "probs",
         logit_standardization: bool = False,
@@ -137,6 +144,10 @@ class DistillationModule(KDBaseModule):
     ) -> None:
         self.cache_mode: CacheMode | None = _check_cache_mode(cache_teacher_outputs)
         self.cache_k = check_cache_k(cache_k)
+        self.cache_dir = check_cache_dir(cache_dir)
+        if self.cache_dir is not None and self.cache_mode is None:
+            raise ValueError("Expected `cache_teacher_outputs` to be True, 'exact' or 'topk' with `cache_dir`, but got "
+                             f"{cache_teacher_outputs!r}.")
         for name, flag in (("logit_standardization", logit_standardization), ("dist_tau_squared", dist_tau_squared)):
             if not isinstance(flag, bool):
                 raise expected(name, "a bool", flag)
@@ -330,9 +341,13 @@ class DistillationModule(KDBaseModule):
 
     # ----------------------------------------------------------------------------- caching
     def on_train_start(self) -> None:
-        if self.cache_mode == "topk" and self._topk_cache is None:
+        if self.cache_mode is None or self._topk_cache is not None or self._teacher_cache is not None:
+            return
+        if self.cache_dir is not None:
+            self._load_persistent_cache(self.trainer.train_dataloader)
+        elif self.cache_mode == "topk":
             self._topk_cache = self.build_topk_teacher_cache(self.trainer.train_dataloader)
-        elif self.cache_mode == "exact" and self._teacher_cache is None:
+        else:
             self._teacher_cache = self.build_teacher_cache(self.trainer.train_dataloader)
 
     def on_fit_end(self) -> None:
@@ -354,6 +369,28 @@ class DistillationModule(KDBaseModule):
                                         to_device=trainer.strategy.batch_to_device if trainer is not None else lambda b: b)
 
 
+    def _load_persistent_cache(self, loader: Any) -> None:
+        from pytorch_lightning.utilities import rank_zero_info
+
+        assert self.cache_dir is not None and self.cache_mode is not None
+        trainer = self.trainer
+        key = cache_key(self.teachers, loader.dataset, self.cache_mode, self.cache_k, self.temperature)
+
+        def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
+            if self.cache_mode == "topk":
+                c = self.build_topk_teacher_cache(loader)
+                return {"values": c.values, "indices": c.indices, "tail": c.tail}, {"num_classes": c.num_classes}
+            return {"logits": self.build_teacher_cache(loader)}, {}
+
+        parts, meta = load_or_build(self.cache_dir, key, build, writer=trainer.local_rank == 0,
+                                    barrier=trainer.strategy.barrier, log=rank_zero_info)
+        if self.cache_mode == "topk":
+            self._topk_cache = TopKCache(parts["values"], parts["indices"], parts["tail"], int(meta["num_classes"]),
+                                         self.temperature)
+        else:
+            self._teacher_cache = parts["logits"]
+
+
 def _check_cache_mode(value: Any) -> CacheMode | None:
     if value is True or value == "exact":
         return "exact"
@@ -362,3 +399,4 @@ def _check_cache_mode(value: Any) -> CacheMode | None:
     if value == "topk":
         return "topk"
     raise expected("cache_teacher_outputs", "a bool, 'exact' or 'topk'", value)
+
