@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck venv bench bench-env bench-full clean
+.PHONY: demo test lint typecheck venv bench bench-env bench-full clean gpu-check
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,3 +40,6 @@ bench-full: bench-env
 
 clean:
 	rm -rf runs lightning_logs .pytest_cache
+
+gpu-check: $(STAMP)
+	$(PY) -m benchmarks.gpu_check

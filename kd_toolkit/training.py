@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
@@ -91,7 +91,9 @@ class KnowledgeDistillationTraining:
         datamodule: a LightningDataModule (instead of the loaders).
         test_data_loaders: ``{name: DataLoader}`` used by :meth:`test` (and by :meth:`start_kd_training`).
         criterion: hard-label loss (default cross-entropy).
-        cache_teacher_outputs: compute the teacher's logits once and reuse them every epoch.
+        cache_teacher_outputs: compute the teacher's logits once and reuse them every epoch: ``True``/``"exact"``
+            (full logits) or ``"topk"`` (top-k logits and one tail bucket; ``k`` via ``module_kwargs={"cache_k": k}``;
+            see :class:`~kd_toolkit.distillation.DistillationModule`).
         default_root_dir: root of the run directories.
         experiment_name: run name (directory under ``default_root_dir``); default ``comet_exp_name`` or "kd".
         tensorboard: also write TensorBoard event files.
@@ -153,7 +155,7 @@ class KnowledgeDistillationTraining:
         datamodule: pl.LightningDataModule | None = None,
         test_data_loaders: Mapping[str, DataLoader] | DataLoader | None = None,
         criterion: nn.Module | None = None,
-        cache_teacher_outputs: bool = False,
+        cache_teacher_outputs: bool | Literal["exact", "topk"] = False,
         default_root_dir: str | Path = "runs",
         experiment_name: str | None = None,
         tensorboard: bool = False,
@@ -239,7 +241,7 @@ class KnowledgeDistillationTraining:
             )
 
     def _prepare_data(self, train_loader: DataLoader | None, val_loaders: Any, test_loaders: Any,
-                      datamodule: pl.LightningDataModule | None, cache: bool) -> None:
+                      datamodule: pl.LightningDataModule | None, cache: bool | str) -> None:
         """Loaders or a datamodule; with teacher caching, the training loader carries sample indices."""
         self.datamodule = datamodule
         self.val_loaders = targs.normalise_eval_loaders(val_loaders, "val_data_loaders")

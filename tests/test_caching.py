@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from kd_toolkit import DistillationModule, KnowledgeDistillationTraining
 from kd_toolkit.data import with_sample_indices
@@ -88,3 +90,78 @@ def test_cache_without_indices_is_a_clear_error(loaders, trained_teacher):
 def test_cache_needs_a_teacher():
     with pytest.raises(ValueError, match="teacher"):
         DistillationModule(TinyMLP(), None, cache_teacher_outputs=True)
+
+
+# ------------------------------------------------------------------ issue 15: top-k and memory-mapped caches
+def _run_mode(loaders, teacher, cache, tmp_path, **module_kwargs):
+    pl.seed_everything(3, verbose=False)
+    recorder = _LossRecorder()
+    kd = KnowledgeDistillationTraining(
+        teacher_model=teacher, student_model=TinyMLP(), train_data_loader=loaders("train", shuffle=True),
+        num_gpu_used=0, max_epoch=1, temperature=4.0, final_loss_coeff_dict={"kd_loss": 0.8, "hard_loss": 0.2},
+        cache_teacher_outputs=cache, seed=3, precision=32, default_root_dir=tmp_path, callbacks=[recorder],
+        enable_progress_bar=False, quiet=True, checkpointing=False, module_kwargs=module_kwargs,
+    )
+    kd.fit()
+    return torch.tensor(recorder.losses)
+
+
+class _CountingTeacher(torch.nn.Module):
+    def __init__(self, teacher):
+        super().__init__()
+        self.teacher, self.calls = teacher, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.teacher(x)
+
+
+def test_topk_cache_run_is_close_to_the_live_run(loaders, trained_teacher, tmp_path):
+    live = _run_mode(loaders, trained_teacher, False, tmp_path)
+    topk = _run_mode(loaders, trained_teacher, "topk", tmp_path, cache_k=9)
+    assert len(topk) == len(live) == 19
+    torch.testing.assert_close(topk, live, rtol=2e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["exact", "topk"])
+def test_memory_mapped_cache_is_reused_and_equals_the_in_memory_one(loaders, trained_teacher, tmp_path, mode):
+    in_memory = _run_mode(loaders, trained_teacher, mode, tmp_path, cache_k=5)
+    teacher = _CountingTeacher(trained_teacher)
+    first = _run_mode(loaders, teacher, mode, tmp_path, cache_k=5, cache_dir=tmp_path / "cache")
+    built_calls = teacher.calls
+    assert built_calls > 0 and (tmp_path / "cache" / f"teacher_cache_{mode}.json").is_file()
+    second = _run_mode(loaders, teacher, mode, tmp_path, cache_k=5, cache_dir=tmp_path / "cache")
+    assert teacher.calls == built_calls  # the second run skips the teacher entirely
+    torch.testing.assert_close(first, in_memory)
+    torch.testing.assert_close(second, in_memory)
+
+
+def test_memory_mapped_cache_from_another_teacher_or_dataset_is_rebuilt(loaders, trained_teacher, digits, tmp_path):
+    cache_dir = tmp_path / "cache"
+    other_teacher = TinyMLP(hidden=128)
+    _run_mode(loaders, trained_teacher, "exact", tmp_path, cache_dir=cache_dir)
+    with pytest.warns(UserWarning, match="the teacher weights differ"):
+        _run_mode(loaders, other_teacher, "exact", tmp_path, cache_dir=cache_dir)
+    x, y = digits["train"]
+
+    def reordered(split, shuffle=False):
+        return DataLoader(TensorDataset(x.flip(0), y.flip(0)), batch_size=64, shuffle=shuffle)
+
+    with pytest.warns(UserWarning, match="the dataset differs"):
+        _run_mode(reordered, other_teacher, "exact", tmp_path, cache_dir=cache_dir)
+    _run_mode(loaders, trained_teacher, "topk", tmp_path, cache_dir=cache_dir, cache_k=3)
+    meta = cache_dir / "teacher_cache_topk.json"
+    data = json.loads(meta.read_text())
+    data["key"]["temperature"] = 2.0  # as if built by a run at T=2: the tail bucket is tied to T
+    meta.write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match="the temperature differs"):
+        _run_mode(loaders, trained_teacher, "topk", tmp_path, cache_dir=cache_dir, cache_k=3)
+
+
+def test_cache_dir_must_be_writable_and_needs_a_cache(tmp_path, trained_teacher):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    with pytest.raises(ValueError, match="Expected `cache_dir` to be a writable directory"):
+        DistillationModule(TinyMLP(), trained_teacher, cache_teacher_outputs=True, cache_dir=not_a_dir)
+    with pytest.raises(ValueError, match="with `cache_dir`"):
+        DistillationModule(TinyMLP(), trained_teacher, cache_dir=tmp_path)

@@ -7,8 +7,8 @@ refuses augmented data. Batches carry their sample indices through :func:`with_s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -17,9 +17,10 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from kd_toolkit.core.batch import logits_of, split_batch
 from kd_toolkit.core.loaders import rebuild_loader
+from kd_toolkit.distillation.topk import compress_topk
 
-__all__ = ["IndexedDataset", "build_teacher_cache", "cached_training_loader", "find_random_transform",
-           "with_sample_indices"]
+__all__ = ["IndexedDataset", "TopKCache", "build_teacher_cache", "build_topk_teacher_cache", "cached_training_loader",
+           "find_random_transform", "with_sample_indices"]
 
 _RANDOM_TRANSFORMS = frozenset(
     {"ColorJitter", "AutoAugment", "RandAugment", "TrivialAugmentWide", "AugMix", "ElasticTransform",
@@ -177,16 +178,9 @@ def cached_training_loader(loader: DataLoader) -> DataLoader:
     return with_sample_indices(loader)
 
 
-@torch.no_grad()
-def build_teacher_cache(teacher_forward: Callable[[Tensor], Any], train_loader: Any, *, device: torch.device,
-                        to_device: Callable[[Any], Any] = lambda batch: batch) -> Tensor:
-    """The teacher's logits ``(N, C)`` for every training sample, row ``i`` = sample ``i`` (``(N, K, C)`` when
-    ``teacher_forward`` returns ``K`` teachers' logits stacked as ``(B, K, C)``).
-
-    ``train_loader`` must yield ``((x, y), index)`` batches (see :func:`with_sample_indices`); the cache is
-    filled by a sequential pass over the same dataset and collate function, under a forked RNG so that
-    building it does not shift the random stream (data order, dropout) of training.
-    """
+def _teacher_passes(teacher_forward: Callable[[Tensor], Any], train_loader: Any, device: torch.device,
+                    to_device: Callable[[Any], Any]) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """``(N, sample indices (B,), float32 logits (B, C) or (B, K, C))`` over the training set, in order."""
     from pytorch_lightning.utilities import rank_zero_info
 
     dataset = getattr(train_loader, "dataset", None)
@@ -203,16 +197,67 @@ def build_teacher_cache(teacher_forward: Callable[[Tensor], Any], train_loader: 
         )
     sequential = DataLoader(dataset, batch_size=max(256, train_loader.batch_size or 1), shuffle=False,
                             collate_fn=train_loader.collate_fn, num_workers=0)
-    cache: Tensor | None = None
     rank_zero_info(f"Caching teacher outputs for {len(dataset)} training samples...")
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for batch in sequential:
             x, _, index = split_batch(to_device(batch))
             assert index is not None  # an IndexedDataset's collate always yields indices
-            logits = logits_of(teacher_forward(x)).float()  # (B, C) or (B, K, C)
-            if cache is None:
-                cache = torch.empty(len(dataset), *logits.shape[1:], device=device)
-            cache[index.to(cache.device)] = logits.to(cache.device)
+            yield len(dataset), index, logits_of(teacher_forward(x)).float()
+
+
+@torch.no_grad()
+def build_teacher_cache(teacher_forward: Callable[[Tensor], Any], train_loader: Any, *, device: torch.device,
+                        to_device: Callable[[Any], Any] = lambda batch: batch) -> Tensor:
+    """The teacher's logits ``(N, C)`` for every training sample, row ``i`` = sample ``i`` (``(N, K, C)`` when
+    ``teacher_forward`` returns ``K`` teachers' logits stacked as ``(B, K, C)``).
+
+    ``train_loader`` must yield ``((x, y), index)`` batches (see :func:`with_sample_indices`); the cache is
+    filled by a sequential pass over the same dataset and collate function, under a forked RNG so that
+    building it does not shift the random stream (data order, dropout) of training.
+    """
+    cache: Tensor | None = None
+    for n, index, logits in _teacher_passes(teacher_forward, train_loader, device, to_device):
+        if cache is None:
+            cache = torch.empty(n, *logits.shape[1:], device=device)
+        cache[index.to(cache.device)] = logits.to(cache.device)
     if cache is None:
         raise ValueError("Expected a non-empty training set to cache teacher outputs, but got 0 samples.")
     return cache
+
+
+@torch.no_grad()
+def build_topk_teacher_cache(teacher_forward: Callable[[Tensor], Any], train_loader: Any, *, k: int,
+                             temperature: float, device: torch.device,
+                             to_device: Callable[[Any], Any] = lambda batch: batch) -> TopKCache:
+    """:func:`build_teacher_cache`, compressed batch by batch to top-``k`` logits plus one tail bucket at
+    ``temperature`` (see :mod:`kd_toolkit.distillation.topk`): the full logits are never held for all samples."""
+    parts: list[Tensor] | None = None
+    num_classes = 0
+    for n, index, logits in _teacher_passes(teacher_forward, train_loader, device, to_device):
+        encoded = compress_topk(logits, k, temperature)  # values (B, [K,] k), indices (B, [K,] k), tail (B, [K])
+        if parts is None:
+            num_classes = logits.shape[-1]
+            parts = [torch.empty(n, *e.shape[1:], dtype=e.dtype, device=device) for e in encoded]
+        for part, e in zip(parts, encoded):
+            part[index.to(device)] = e.to(device)
+    if parts is None:
+        raise ValueError("Expected a non-empty training set to cache teacher outputs, but got 0 samples.")
+    return TopKCache(parts[0], parts[1], parts[2], num_classes, temperature)
+
+
+class TopKCache(NamedTuple):
+    """A top-k teacher cache: row ``i`` = sample ``i``; ``(N, k)`` / ``(N,)`` for one teacher, ``(N, K, k)`` /
+    ``(N, K)`` for several."""
+
+    values: Tensor  # float16 top-k logits
+    indices: Tensor  # int16/int32 class indices
+    tail: Tensor  # float32 log-sum-exp of the other logits / temperature
+    num_classes: int
+    temperature: float
+
+    def rows(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        index = index.to(self.values.device)
+        return self.values.index_select(0, index), self.indices.index_select(0, index), self.tail.index_select(0, index)
+
+    def bytes_per_sample(self) -> int:
+        return sum(t[0].numel() * t.element_size() for t in (self.values, self.indices, self.tail))

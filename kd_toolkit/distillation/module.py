@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torchmetrics
@@ -14,7 +15,9 @@ from kd_toolkit._checks import check_choice, check_float, check_int, check_keys,
 from kd_toolkit.core.batch import logits_of, split_batch
 from kd_toolkit.core.module import KDBaseModule, ModuleArgs, attached_trainer
 from kd_toolkit.core.teachers import SINGLE_TEACHER
-from kd_toolkit.distillation.cache import build_teacher_cache
+from kd_toolkit.distillation.cache import TopKCache, build_teacher_cache, build_topk_teacher_cache
+from kd_toolkit.distillation.persist import cache_key, check_cache_dir, load_or_build
+from kd_toolkit.distillation.topk import check_cache_k, topk_soft_target_log_probs
 from kd_toolkit.losses import (
     MIXING_MODES,
     MixingMode,
@@ -32,6 +35,9 @@ __all__ = ["TEACHER_LOSSES", "DistillationModule"]
 
 #: loss components that need the teachers' outputs
 TEACHER_LOSSES = ("kd_loss", "cos_embed_loss", "ls_kd_loss", "dkd_loss", "dist_loss")
+#: losses that need the teachers' full logits, which a top-k cache does not keep
+_FULL_LOGIT_LOSSES = ("cos_embed_loss", "ls_kd_loss", "dkd_loss", "dist_loss")
+CacheMode = Literal["exact", "topk"]
 _ENSEMBLE = " ensemble"  # key of the mixture's accuracy (a space: no teacher can be named so)
 
 
@@ -71,6 +77,17 @@ class DistillationModule(KDBaseModule):
             cache keeps **each teacher's logits** ``(N, K, C)``, not the mixture: ``temperature``,
             ``teacher_weights``, ``teacher_mixing`` and the losses (standardised ones need raw logits, the cosine
             loss compares raw logits per teacher) stay free, at ``K`` times the memory of one teacher's cache.
+            ``True`` or ``"exact"``: the full float32 logits (``4 C`` bytes per sample and teacher).
+            ``"topk"``: per sample and teacher the ``cache_k`` largest logits (float16), their indices (int16/int32)
+            and one tail bucket, the log-sum-exp of the other logits at ``temperature``
+            (:mod:`kd_toolkit.distillation.topk`): the target's tail mass is exact, spread uniformly over the tail
+            classes; the cache is tied to ``temperature``. Only ``kd_loss`` (and ``hard_loss``) can use it, with
+            ``teacher_mixing="probs"`` and no ``logit_standardization``.
+        cache_k: ``k`` of the top-k cache, a positive int smaller than the class count (default 10).
+        cache_dir: keep the cache in memory-mapped files in this (writable) directory, written once per node by its
+            rank 0 and read by every rank; a later run with the same teacher weights and dataset (and for top-k the
+            same ``cache_k`` and ``temperature``) skips the teacher; any difference rebuilds it with a warning that
+            says why (:mod:`kd_toolkit.distillation.persist`).
         teacher_weights: one weight ``>= 0`` per teacher (a list in the teachers' order, or a dict by name), with a
             positive sum; normalised. ``None``: equal weights.
         teacher_mixing: ``"probs"`` (mixture of the tempered distributions) or ``"logits"`` (average the logits).
@@ -111,7 +128,9 @@ class DistillationModule(KDBaseModule):
         *,
         temperature: float = 4.0,
         loss_weights: Mapping[str, float] | None = None,
-        cache_teacher_outputs: bool = False,
+        cache_teacher_outputs: bool | CacheMode = False,
+        cache_k: int = 10,
+        cache_dir: str | Path | None = None,
         teacher_weights: list[float] | dict[str, float] | None = None,
         teacher_mixing: MixingMode = "probs",
         logit_standardization: bool = False,
@@ -123,8 +142,13 @@ class DistillationModule(KDBaseModule):
         dist_tau_squared: bool = True,
         **kwargs: Unpack[ModuleArgs],
     ) -> None:
-        for name, flag in (("cache_teacher_outputs", cache_teacher_outputs),
-                           ("logit_standardization", logit_standardization), ("dist_tau_squared", dist_tau_squared)):
+        self.cache_mode: CacheMode | None = _check_cache_mode(cache_teacher_outputs)
+        self.cache_k = check_cache_k(cache_k)
+        self.cache_dir = check_cache_dir(cache_dir)
+        if self.cache_dir is not None and self.cache_mode is None:
+            raise ValueError("Expected `cache_teacher_outputs` to be True, 'exact' or 'topk' with `cache_dir`, but got "
+                             f"{cache_teacher_outputs!r}.")
+        for name, flag in (("logit_standardization", logit_standardization), ("dist_tau_squared", dist_tau_squared)):
             if not isinstance(flag, bool):
                 raise expected(name, "a bool", flag)
         self.teacher_mixing: MixingMode = check_choice("teacher_mixing", teacher_mixing, MIXING_MODES)
@@ -139,11 +163,14 @@ class DistillationModule(KDBaseModule):
         needs_teacher = [k for k in TEACHER_LOSSES if self.loss_weights.get(k, 0) > 0]
         if not self._teachers and needs_teacher:
             raise ValueError(f"Loss weights {needs_teacher} need a teacher, but `teacher` is None.")
-        if cache_teacher_outputs and not self._teachers:
+        if self.cache_mode is not None and not self._teachers:
             raise ValueError("Expected a `teacher` when `cache_teacher_outputs=True`, but got None.")
+        if self.cache_mode == "topk":
+            self._check_topk_compatible()
         self.teacher_weights = self._check_teacher_weights(teacher_weights)
-        self.cache_teacher_outputs = cache_teacher_outputs
+        self.cache_teacher_outputs = self.cache_mode is not None
         self._teacher_cache: Tensor | None = None  # (N, C) logits of one teacher, (N, K, C) of several; row i = sample i
+        self._topk_cache: TopKCache | None = None  # cache_teacher_outputs="topk"
         self._teacher_acc: dict[str, torchmetrics.Metric] = {}  # per teacher, first validation epoch only
         self._teacher_acc_done = False
 
@@ -159,6 +186,30 @@ class DistillationModule(KDBaseModule):
                 raise expected("teacher_weights", f"a dict with one weight per teacher {names}", weights)
             weights = [weights[n] for n in names]
         return normalize_teacher_weights(weights, len(names))
+
+    def _check_topk_compatible(self) -> None:
+        full = [k for k in _FULL_LOGIT_LOSSES if self.loss_weights.get(k, 0) > 0]
+        if full:
+            raise ValueError(f"cache_teacher_outputs='topk' keeps only the teachers' top-k logits, but the losses "
+                             f"{full} need the full logits; use cache_teacher_outputs='exact' (or True).")
+        if self.logit_standardization:
+            raise ValueError("cache_teacher_outputs='topk' cannot standardise the teachers' logits (it keeps only the "
+                             "top-k); use cache_teacher_outputs='exact' with `logit_standardization=True`.")
+        if self.teacher_mixing == "logits" and len(self._teachers) > 1:
+            raise ValueError("cache_teacher_outputs='topk' cannot average several teachers' logits "
+                             "(teacher_mixing='logits'); use teacher_mixing='probs' or cache_teacher_outputs='exact'.")
+
+    def topk_soft_target(self, index: Tensor) -> Tensor:
+        """The teachers' tempered log-probabilities ``(B, C)`` rebuilt from the top-k cache (their ``teacher_weights``
+        mixture for several)."""
+        assert self._topk_cache is not None
+        cache = self._topk_cache
+        values, indices, tail = cache.rows(index)
+        log_q = topk_soft_target_log_probs(values, indices, tail, cache.num_classes, self.temperature)
+        if log_q.dim() == 2:
+            return log_q
+        log_w = torch.log(torch.tensor(self.teacher_weights, device=log_q.device)).view(1, -1, 1)
+        return torch.logsumexp(log_q + log_w, dim=1)  # (B, K, C) -> (B, C)
 
     def default_loss_weights(self) -> dict[str, float]:
         return {"hard_loss": 0.5, "kd_loss": 0.5} if self._teachers else {"hard_loss": 1.0}
@@ -207,7 +258,16 @@ class DistillationModule(KDBaseModule):
         components: dict[str, Tensor] = {}
         if weights.get("hard_loss", 0) > 0:  # a component whose weight is 0 or absent is not computed
             components["hard_loss"] = self.criterion(student_logits, y)
-        if self._needs_teacher():
+        if self._needs_teacher() and self._topk_cache is not None:
+            if index is None:
+                raise RuntimeError("cache_teacher_outputs='topk' needs batches that carry sample indices; wrap the "
+                                   "training loader with kd_toolkit.data.with_sample_indices.")
+            target = self.topk_soft_target(index).to(student_logits.device)
+            if target.shape[-1] != student_logits.shape[-1]:
+                raise ValueError(f"Expected the teachers to output the student's {student_logits.shape[-1]} classes, "
+                                 f"but they output {target.shape[-1]}.")
+            components["kd_loss"] = kd_loss(student_logits, target, self.temperature, log_target=True)
+        elif self._needs_teacher():
             teacher = self.teacher_logits(x, index)
             stack = teacher.unsqueeze(1) if teacher.dim() == 2 else teacher  # (B, K, C)
             if stack.shape[-1] != student_logits.shape[-1]:
@@ -281,11 +341,17 @@ class DistillationModule(KDBaseModule):
 
     # ----------------------------------------------------------------------------- caching
     def on_train_start(self) -> None:
-        if self.cache_teacher_outputs and self._teacher_cache is None:
+        if self.cache_mode is None or self._topk_cache is not None or self._teacher_cache is not None:
+            return
+        if self.cache_dir is not None:
+            self._load_persistent_cache(self.trainer.train_dataloader)
+        elif self.cache_mode == "topk":
+            self._topk_cache = self.build_topk_teacher_cache(self.trainer.train_dataloader)
+        else:
             self._teacher_cache = self.build_teacher_cache(self.trainer.train_dataloader)
 
     def on_fit_end(self) -> None:
-        self._teacher_cache = None  # free memory; rebuilt by the next fit
+        self._teacher_cache = self._topk_cache = None  # free memory; rebuilt by the next fit
 
     def build_teacher_cache(self, train_loader: Any) -> Tensor:
         """Compute every teacher's logits for every training sample, in dataset order: ``(N, C)``, or ``(N, K, C)``
@@ -293,3 +359,44 @@ class DistillationModule(KDBaseModule):
         trainer = attached_trainer(self)
         return build_teacher_cache(self.live_teacher_logits, train_loader, device=self.device,
                                    to_device=trainer.strategy.batch_to_device if trainer is not None else lambda b: b)
+
+    def build_topk_teacher_cache(self, train_loader: Any) -> TopKCache:
+        """The top-``cache_k`` cache at ``temperature`` (see
+        :func:`kd_toolkit.distillation.cache.build_topk_teacher_cache`)."""
+        trainer = attached_trainer(self)
+        return build_topk_teacher_cache(self.live_teacher_logits, train_loader, k=self.cache_k,
+                                        temperature=self.temperature, device=self.device,
+                                        to_device=trainer.strategy.batch_to_device if trainer is not None else lambda b: b)
+
+
+    def _load_persistent_cache(self, loader: Any) -> None:
+        from pytorch_lightning.utilities import rank_zero_info
+
+        assert self.cache_dir is not None and self.cache_mode is not None
+        trainer = self.trainer
+        key = cache_key(self.teachers, loader.dataset, self.cache_mode, self.cache_k, self.temperature)
+
+        def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
+            if self.cache_mode == "topk":
+                c = self.build_topk_teacher_cache(loader)
+                return {"values": c.values, "indices": c.indices, "tail": c.tail}, {"num_classes": c.num_classes}
+            return {"logits": self.build_teacher_cache(loader)}, {}
+
+        parts, meta = load_or_build(self.cache_dir, key, build, writer=trainer.local_rank == 0,
+                                    barrier=trainer.strategy.barrier, log=rank_zero_info)
+        if self.cache_mode == "topk":
+            self._topk_cache = TopKCache(parts["values"], parts["indices"], parts["tail"], int(meta["num_classes"]),
+                                         self.temperature)
+        else:
+            self._teacher_cache = parts["logits"]
+
+
+def _check_cache_mode(value: Any) -> CacheMode | None:
+    if value is True or value == "exact":
+        return "exact"
+    if value is False:
+        return None
+    if value == "topk":
+        return "topk"
+    raise expected("cache_teacher_outputs", "a bool, 'exact' or 'topk'", value)
+

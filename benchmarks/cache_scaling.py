@@ -1,0 +1,169 @@
+"""Teacher-cache scaling (issue 15): ``python -m benchmarks.cache_scaling [--quick]``.
+
+* **KL error of the top-k cache**: ``KL(q_T || q~_T)`` per sample (nats; mean, 99th percentile and max) between the
+  exact tempered teacher target ``q_T`` and the one rebuilt from the top-k cache ``q~_T``, at ``T`` in {1, 4}, on
+  the Hinton MNIST teacher (784-1200-1200-10, :mod:`benchmarks._mnist`'s recipe, few epochs) over its training
+  images, and on a 1,000-class synthetic teacher (logits ``N(0, 2^2)`` plus a ``+10`` peak on a label class).
+  ``KL * T^2`` is the scale at which the error enters ``kd_loss``.
+* **Memory and build time**: bytes per sample and the time to build the cache through
+  :class:`~kd_toolkit.distillation.DistillationModule` for the exact and the top-k cache (a 1,000-class MLP
+  teacher on synthetic inputs), and for the memory-mapped top-k cache the wall time of a one-step fit that builds
+  the file and of one that reuses it.
+* **Temperature sweep**: 5 KD runs (T = 1, 2, 3, 4, 6; same teacher and data), live teacher against the exact
+  cache kept in one ``cache_dir`` (the exact cache does not depend on T; a top-k file would be rebuilt per T).
+
+Writes ``benchmarks/results/cache_scaling.json`` and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from benchmarks._common import RESULTS_DIR, BenchmarkSkipped, mnist_split, write_json
+from kd_toolkit.distillation.topk import compress_topk, index_dtype, topk_soft_target_log_probs
+
+NAME = "cache_scaling"
+FULL = {"mnist_train": 10_000, "mnist_teacher_epochs": 3, "synthetic": 5_000, "build": 20_000, "sweep": 20_000,
+        "sweep_epochs": 3}
+QUICK = {"mnist_train": 2_000, "mnist_teacher_epochs": 1, "synthetic": 1_000, "build": 4_000, "sweep": 4_000,
+         "sweep_epochs": 2}
+TEMPERATURES = (1.0, 4.0)
+
+
+def kl_error(logits: Tensor, k: int, temperature: float) -> dict[str, float]:
+    """Per-sample ``KL(exact || top-k)`` at ``temperature``: mean, p99, max (nats) and mean ``* T^2``."""
+    exact = torch.log_softmax(logits.float() / temperature, dim=-1)
+    approx = topk_soft_target_log_probs(*compress_topk(logits, k, temperature), logits.shape[-1], temperature)
+    kl = (exact.exp() * (exact - approx)).sum(-1).clamp_min(0)
+    return {"mean": float(kl.mean()), "p99": float(kl.quantile(0.99)), "max": float(kl.max()),
+            "mean_x_T2": float(kl.mean()) * temperature**2}
+
+
+def synthetic_logits(n: int, classes: int = 1000, seed: int = 0) -> Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    z = 2.0 * torch.randn(n, classes, generator=gen)
+    z[torch.arange(n), torch.randint(classes, (n,), generator=gen)] += 10.0
+    return z
+
+
+def mnist_logits(cfg: dict[str, Any]) -> Tensor | None:
+    from benchmarks import _mnist
+
+    try:
+        split = mnist_split(seed=0, n_train=cfg["mnist_train"], n_test=500)
+    except BenchmarkSkipped:
+        return None
+    teacher = _mnist.teacher_for(split, 0, cfg["mnist_teacher_epochs"])[0].eval()
+    with torch.no_grad():
+        return torch.cat([teacher(split.x_train[i : i + 2000]) for i in range(0, len(split.y_train), 2000)])
+
+
+def bytes_per_sample(classes: int, k: int | None) -> int:
+    if k is None:
+        return 4 * classes
+    return 2 * k + k * torch.empty(0, dtype=index_dtype(classes)).element_size() + 4
+
+
+def build_times(n: int, k: int = 10, classes: int = 1000) -> dict[str, dict[str, float]]:
+    """Seconds to build each cache through the module for ``n`` samples and a 1,000-class MLP teacher."""
+    from kd_toolkit import DistillationModule
+    from kd_toolkit.data import make_loader, with_sample_indices
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, classes)).eval()
+    student = nn.Sequential(nn.Flatten(), nn.Linear(64, classes))
+    loader = with_sample_indices(make_loader(torch.randn(n, 64), torch.randint(classes, (n,)), 256))
+    out = {}
+    for mode, builder in (("exact", "build_teacher_cache"), ("topk_memory", "build_topk_teacher_cache")):
+        module = DistillationModule(student, teacher, cache_teacher_outputs=mode.split("_")[0], cache_k=k)
+        start = time.perf_counter()
+        getattr(module, builder)(loader)
+        out[mode] = {"build_s": time.perf_counter() - start,
+                     "bytes_per_sample": bytes_per_sample(classes, None if mode == "exact" else k)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for run_name in ("build", "reuse"):  # the second pass finds the file and skips the teacher
+            module = DistillationModule(student, teacher, cache_teacher_outputs="topk", cache_k=k, cache_dir=tmp)
+            trainer = _fit(module, loader, 1, limit_train_batches=1)
+            out.setdefault("topk_memmap", {"bytes_per_sample": bytes_per_sample(classes, k)})[f"{run_name}_fit_s"] = trainer
+    return out
+
+
+def _fit(module: Any, loader: Any, epochs: int, limit_train_batches: Any = 1.0) -> float:
+    import pytorch_lightning as pl
+
+    trainer = pl.Trainer(max_epochs=epochs, limit_train_batches=limit_train_batches, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu")
+    start = time.perf_counter()
+    trainer.fit(module, loader)
+    return time.perf_counter() - start
+
+
+def temperature_sweep(n: int, epochs: int, temperatures: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 6.0)
+                      ) -> dict[str, Any]:
+    """Wall time of 5 KD runs (one per temperature, same teacher and data): live teacher against the exact cache
+    memory-mapped in one ``cache_dir`` (T-free, so built by the first run and reused by the other four)."""
+    from kd_toolkit import DistillationModule
+    from kd_toolkit.data import make_loader, with_sample_indices
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(64, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+                            nn.Linear(1024, 100)).eval()
+    loader = with_sample_indices(make_loader(torch.randn(n, 64), torch.randint(100, (n,)), 128, shuffle=True))
+    out: dict[str, Any] = {"samples": n, "epochs": epochs, "temperatures": list(temperatures)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for arm in ("live", "persistent_cache"):
+            seconds = []
+            for t in temperatures:
+                student = nn.Sequential(nn.Flatten(), nn.Linear(64, 100))
+                kwargs: dict[str, Any] = {"cache_teacher_outputs": "exact", "cache_dir": tmp} if arm != "live" else {}
+                seconds.append(_fit(DistillationModule(student, teacher, temperature=t, **kwargs), loader, epochs))
+            out[arm] = {"total_s": sum(seconds), "per_run_s": seconds}
+    out["speedup"] = out["live"]["total_s"] / out["persistent_cache"]["total_s"]
+    return out
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    cfg = QUICK if quick else FULL
+    start = time.perf_counter()
+    cases: dict[str, Any] = {}
+    mnist = mnist_logits(cfg)
+    if mnist is not None:
+        cases["hinton_mnist_10"] = {f"k{k}_T{t:g}": kl_error(mnist, k, t) for k in (1, 3, 5) for t in TEMPERATURES}
+    else:
+        cases["hinton_mnist_10"] = "skipped: MNIST files absent"
+    synth = synthetic_logits(cfg["synthetic"])
+    cases["synthetic_1000"] = {f"k{k}_T{t:g}": kl_error(synth, k, t) for k in (5, 10, 20, 50) for t in TEMPERATURES}
+    data = {"protocol": NAME, "quick": quick, "config": cfg, "kl_error_nats": cases,
+            "build": build_times(cfg["build"]), "temperature_sweep": temperature_sweep(cfg["sweep"], cfg["sweep_epochs"]),
+            "threads": torch.get_num_threads(),
+            "seconds": time.perf_counter() - start}
+    write_json(RESULTS_DIR, NAME, data)
+    return data
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cache_scaling")
+    parser.add_argument("--quick", action="store_true")
+    data = run(parser.parse_args(argv).quick)
+    for case, rows in data["kl_error_nats"].items():
+        print(case)
+        for key, row in rows.items() if isinstance(rows, dict) else [("", rows)]:
+            print(f"  {key}: {row}" if isinstance(row, str) else
+                  f"  {key}: KL mean {row['mean']:.2e}  p99 {row['p99']:.2e}  max {row['max']:.2e}  "
+                  f"mean*T^2 {row['mean_x_T2']:.2e}")
+    for mode, row in data["build"].items():
+        print(f"{mode}: {row}")
+    sweep = data["temperature_sweep"]
+    print(f"temperature sweep (5 runs): live {sweep['live']['total_s']:.1f} s, persistent cache "
+          f"{sweep['persistent_cache']['total_s']:.1f} s, speed-up {sweep['speedup']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
