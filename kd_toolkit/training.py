@@ -229,7 +229,7 @@ class KnowledgeDistillationTraining:
         all_callbacks = self._callbacks(callbacks, checkpointing, monitor, monitor_mode, scheduler_method,
                                         trainer_kwargs.get("enable_progress_bar", True) is not False)
         trainer_kwargs["plugins"] = [*_as_list(trainer_kwargs.get("plugins")), SafeCheckpointIO()]
-        trainer_kwargs.setdefault("log_every_n_steps", 50)
+        trainer_kwargs.setdefault("log_every_n_steps", _logging_interval(self.train_loader))
         trainer_kwargs.setdefault("enable_model_summary", not quiet)
         with quiet_lightning(quiet):
             self.trainer = pl.Trainer(
@@ -303,6 +303,8 @@ class KnowledgeDistillationTraining:
             log_hyperparams(self.loggers, self._run_params)
             self._run_params = None
         with quiet_lightning(self.quiet), warnings.catch_warnings():
+            # Lightning 2.6's CombinedLoader calls torch's deprecated `LeafSpec()`: Lightning's, not the user's
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
             if self._fit_datamodule is None and self.val_loaders is None:  # no validation asked for: no news
                 warnings.filterwarnings("ignore", message=r".*defined a `validation_step` but have no `val_dataloader`")
             if self._fit_datamodule is not None:
@@ -378,6 +380,14 @@ class KnowledgeDistillationTraining:
     @property
     def last_checkpoint(self) -> str | None:
         return (self.last_callback.best_model_path or None) if self.last_callback else None
+
+
+def _logging_interval(loader: Any) -> int:
+    """Lightning's 50 steps, or fewer when an epoch is shorter (Lightning warns that it would log nothing)."""
+    try:
+        return max(1, min(50, len(loader)))
+    except TypeError:  # no loader (a datamodule) or no length
+        return 50
 
 
 def _as_list(value: Any) -> list[Any]:

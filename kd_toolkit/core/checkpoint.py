@@ -11,7 +11,6 @@ file that was not written.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -89,8 +88,8 @@ class SafeModelCheckpoint(ModelCheckpoint):
         if not self.best_alias or not best or not trainer.is_global_zero or not os.path.isfile(best):
             return
         alias = os.path.join(os.path.dirname(best), self.best_alias)
-        if os.path.abspath(alias) != os.path.abspath(best):  # a full disk leaves the previous best.ckpt whole
-            atomic_write(alias, lambda tmp: shutil.copyfile(best, tmp))
+        if os.path.abspath(alias) != os.path.abspath(best):  # a hard link: no second copy of the file
+            atomic_link(best, alias)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         self._guarded(super().on_train_batch_end, trainer, pl_module, *args)
