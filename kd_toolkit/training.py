@@ -17,7 +17,13 @@ from torch.utils.data import DataLoader
 from kd_toolkit import _trainer_args as targs
 from kd_toolkit._checks import check_choice, check_int, check_mapping
 from kd_toolkit._io import load_weights
-from kd_toolkit.core.checkpoint import InterruptCheckpoint, MonitorCheck, SafeCheckpointIO, SafeModelCheckpoint
+from kd_toolkit.core.checkpoint import (
+    InterruptCheckpoint,
+    LastCheckpoint,
+    MonitorCheck,
+    SafeCheckpointIO,
+    SafeModelCheckpoint,
+)
 from kd_toolkit.core.loaders import ResumableDataLoader, rebuild_loader
 from kd_toolkit.core.losslog import EpochLosses
 from kd_toolkit.core.module import KDBaseModule
@@ -281,10 +287,7 @@ class KnowledgeDistillationTraining:
                 dirpath=dirpath, monitor=monitor, mode=monitor_mode, save_top_k=1,
                 filename="best-{epoch:03d}-{" + monitor + ":.4f}", auto_insert_metric_name=False,
             )
-            # `last.ckpt` after every epoch: Lightning's `save_last` writes it only when a best checkpoint is
-            # written, so after an epoch without improvement "last" would silently be an older epoch
-            self.last_callback = SafeModelCheckpoint(dirpath=dirpath, filename="last", monitor=None, save_top_k=1,
-                                                     enable_version_counter=False)
+            self.last_callback = LastCheckpoint(dirpath)
             # Ctrl-C or an exception writes a resumable `interrupted.ckpt` beside the others (said in the log)
             callbacks += [self.checkpoint_callback, self.last_callback, MonitorCheck(monitor),
                           InterruptCheckpoint(dirpath=dirpath, filename="interrupted")]

@@ -22,7 +22,8 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from kd_toolkit._io import DIGEST_KEY, atomic_link, atomic_write, check_digest, load_torch, state_digest
 
-__all__ = ["InterruptCheckpoint", "MonitorCheck", "SafeCheckpointIO", "SafeModelCheckpoint"]
+__all__ = ["InterruptCheckpoint", "LastCheckpoint", "MonitorCheck", "SafeCheckpointIO", "SafeModelCheckpoint",
+           "last_checkpoint_path"]
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -146,3 +147,22 @@ class InterruptCheckpoint(pl.Callback):
         trainer.save_checkpoint(self.ckpt_path)
         rank_zero_warn(f"Training stopped ({type(exception).__name__}); a resumable checkpoint was written to "
                        f"{self.ckpt_path!r}: pass it as `resume_from_checkpoint` to continue.")
+
+
+class LastCheckpoint(SafeModelCheckpoint):
+    """``last.ckpt`` after every epoch. Lightning's ``save_last`` writes it only when a best checkpoint is written
+    in the same step, so after an epoch without improvement "last" would silently be an older epoch."""
+
+    def __init__(self, dirpath: str | os.PathLike[str]) -> None:
+        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False,
+                         best_alias=None)
+
+
+def last_checkpoint_path(trainer: pl.Trainer) -> str | None:
+    """The newest "last" checkpoint the trainer's checkpoint callbacks wrote (``LastCheckpoint`` or ``save_last``)."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, LastCheckpoint) and callback.best_model_path:
+            return str(callback.best_model_path)
+        if isinstance(callback, ModelCheckpoint) and callback.last_model_path:
+            return str(callback.last_model_path)
+    return None

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kd_toolkit._io import load_torch, save_torch
+from kd_toolkit.core.checkpoint import last_checkpoint_path
 from kd_toolkit.core.module import KDBaseModule
 from kd_toolkit.fitnets.models import FITNETS_MODELS, create_fitnets_model
 
@@ -306,8 +307,7 @@ class SeedOutputs(pl.Callback):
         self._write(trainer, " ".join(f"{k}={show(v)}" for k, v in entry.items()), echo=False)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        ckpt = trainer.checkpoint_callback
-        self._save(trainer, pl_module, "final", getattr(ckpt, "last_model_path", None) or None)
+        self._save(trainer, pl_module, "final", last_checkpoint_path(trainer))
         self._write(trainer, f"Experiment completed. Best accuracy: {self.best_accuracy:.4f} (epoch {self.best_epoch})")
 
     def _lightning_checkpoint(self, trainer: pl.Trainer, kind: str) -> str:
