@@ -17,7 +17,7 @@ Example:
     >>> values, indices, tail = compress_topk(logits, k=2, temperature=1.0)
     >>> indices.tolist(), round(float(tail[0]), 4)
     ([[0, 1]], 0.3133)
-    >>> topk_soft_target_log_probs(values, indices, tail, 4, 1.0).exp().sum().item()
+    >>> round(topk_soft_target_log_probs(values, indices, tail, 4, 1.0).exp().sum().item(), 5)
     1.0
 """
 
