@@ -16,7 +16,7 @@ MNIST = ROOT.parent / "shared" / "data" / "mnist-test"
 #: fast arguments for each example; a new example must be added here (the test below checks it)
 FAST_ARGS: dict[str, list[str]] = {
     "seed001_tardis_kd.py": ["--epochs", "3", "--teacher-epochs", "3"],
-    "seed002_lightning_kd.py": ["--max-epoch", "5", "--teacher-epochs", "3"],
+    "seed002_lightning_kd.py": ["--max-epoch", "10", "--teacher-epochs", "3"],
     "multinode_train.py": ["--gpus", "0", "--cpu-processes", "2", "--max-epoch", "10", "--teacher-epochs", "3"],
     "fitnets_mnist.py": ["--epochs", "1", "--data-dir", str(MNIST), "--quick"],
     "early_exit_mnist.py": ["--epochs", "1", "--data-dir", str(MNIST), "--quick"],
