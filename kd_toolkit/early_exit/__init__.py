@@ -21,9 +21,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from kd_toolkit._lazy import lazy_exports
 from kd_toolkit.early_exit.cost import exit_macs
 from kd_toolkit.early_exit.network import EarlyExitNetwork, EarlyExitNetworkSegmentor, EarlyExitPrediction
 from kd_toolkit.early_exit.runtime import ConfidenceRule, average_macs, confidence_scores
@@ -84,14 +82,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kd_toolkit.early_exit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # cache: later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
