@@ -88,10 +88,11 @@ class EvaluationMixin:
             metric = self._metrics[key] if key in self._metrics else None
             if metric is None or not metric.update_called:
                 continue
-            value = metric.compute()  # synced across DDP ranks by torchmetrics
-            self.log(key, value, prog_bar=idx == 0, add_dataloader_idx=False)  # type: ignore[attr-defined]
+            value = metric.compute()  # synced across DDP ranks by torchmetrics: `sync_dist` averages equal values
+            self.log(key, value, prog_bar=idx == 0, add_dataloader_idx=False,  # type: ignore[attr-defined]
+                     sync_dist=True)
             if idx == 0 and suffix:  # `val_acc` = first loader: the monitor key
-                self.log(f"{stage}_acc", value, add_dataloader_idx=False)  # type: ignore[attr-defined]
+                self.log(f"{stage}_acc", value, add_dataloader_idx=False, sync_dist=True)  # type: ignore[attr-defined]
             metric.reset()
 
     def _run_inference_pipeline(self, stage: str, names: list[str]) -> None:
@@ -106,7 +107,7 @@ class EvaluationMixin:
                 raise ValueError(f"Expected `run_inference_pipeline` to return {{'inference_result': value}}, "
                                  f"but got {result!r}.")
             self.log(str(name), float(result["inference_result"]), prog_bar=True,  # type: ignore[attr-defined]
-                     add_dataloader_idx=False)
+                     add_dataloader_idx=False, sync_dist=True)  # under DDP: the mean of the ranks' results
         self.student.train(was_training)
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:

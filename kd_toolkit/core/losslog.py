@@ -82,6 +82,10 @@ class EpochLosses:
                 counts[name] = counts.get(name, 0) + count
         return sums, counts
 
+    def counts(self) -> dict[str, int]:
+        """Samples each value was averaged over (this rank's), ``train_loss`` first."""
+        return self._totals()[1]
+
     def mean_tensors(self) -> dict[str, Tensor]:
         """Per-sample means on the device (this rank's), ``train_loss`` first."""
         sums, counts = self._totals()

@@ -269,12 +269,17 @@ class KDBaseModule(EvaluationMixin, pl.LightningModule):
         return total
 
     def _log_epoch_values(self) -> None:
-        means = self.epoch_losses.mean_tensors()  # this rank's, as Lightning's own epoch means are
-        if means:
-            kwargs: dict[str, Any] = {"on_step": False, "on_epoch": True, "batch_size": 1}
-            self.log("train_loss_epoch", means["train_loss"], prog_bar=True, **kwargs)
-            self.log_dict({f"{k}_epoch": v for k, v in means.items() if k != "train_loss"}, **kwargs)
-            self.log_dict(means, logger=False, **kwargs)
+        # Under DDP every epoch value is logged with `sync_dist=True` and this rank's sample count as its batch
+        # size: Lightning then reduces value * count and count over the ranks, so the value is the mean over all
+        # ranks' samples (not a mean of per-rank means), at one reduction per key per epoch (the steps never sync).
+        means = self.epoch_losses.mean_tensors()
+        trainer = attached_trainer(self)
+        sync = trainer is not None and trainer.world_size > 1
+        counts = self.epoch_losses.counts() if sync else dict.fromkeys(means, 1)
+        for plain in (False, True):  # `<name>_epoch` for the loggers first, then `<name>` for monitors
+            for name, value in means.items():
+                self.log(name if plain else f"{name}_epoch", value, prog_bar=not plain and name == "train_loss",
+                         logger=not plain, on_step=False, on_epoch=True, batch_size=counts[name], sync_dist=sync)
         self._epoch_values_logged = True
 
     def on_train_epoch_start(self) -> None:

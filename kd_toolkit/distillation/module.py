@@ -335,7 +335,8 @@ class DistillationModule(KDBaseModule):
         if self._teacher_acc and not self._teacher_acc_done:
             for name, metric in self._teacher_acc.items():
                 key = "val_teacher_ensemble_acc" if name == _ENSEMBLE else self._teacher_metric_key(name)
-                self.log(key, metric.compute(), add_dataloader_idx=False)
+                # torchmetrics has synced it already: `sync_dist` averages equal values (and spares the DDP warning)
+                self.log(key, metric.compute(), add_dataloader_idx=False, sync_dist=True)
                 metric.reset()
             self._teacher_acc_done = True
 
