@@ -21,7 +21,7 @@ def test_gpu_check_runs_on_cpu_and_every_check_passes(tmp_path):
     assert result["passed"] and result["checks"] and all(result["checks"].values())
     assert set(result["precisions"]) == {"32", "16-mixed", "bf16-mixed"}
     for name in ("32/losses_finite", "32/teacher_on_device_eval_frozen", "32/cache_exact_agrees_with_live",
-                 "32/early_exit_predict_matches_cpu", "export_torchscript_runs_and_matches"):
+                 "32/early_exit_predict_matches_cpu", "export_export_runs_and_matches"):
         assert result["checks"][name], name
     assert result["precisions"]["32"]["early_exit"]["predict_syncs"] == "n/a"  # no CUDA: no sync count
     assert "| precision (ran as) |" in proc.stdout
