@@ -5,6 +5,9 @@
   the Hinton MNIST teacher (784-1200-1200-10, :mod:`benchmarks._mnist`'s recipe, few epochs) over its training
   images, and on a 1,000-class synthetic teacher (logits ``N(0, 2^2)`` plus a ``+10`` peak on a label class).
   ``KL * T^2`` is the scale at which the error enters ``kd_loss``.
+* **Tail rule**: kd_toolkit's uniform tail against spreading the tail mass like the student's own tail (the
+  ``(k + 1)``-bin KL), for five students of the synthetic teacher: the loss error and the cosine between the
+  approximate and the exact KD gradient (:func:`tail_rules`).
 * **Memory and build time**: bytes per sample and the time to build the cache through
   :class:`~kd_toolkit.distillation.DistillationModule` for the exact and the top-k cache (a 1,000-class MLP
   teacher on synthetic inputs), and for the memory-mapped top-k cache the wall time of a one-step fit that builds
@@ -18,6 +21,7 @@ Writes ``benchmarks/results/cache_scaling.json`` and prints a summary.
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 from typing import Any
@@ -43,6 +47,49 @@ def kl_error(logits: Tensor, k: int, temperature: float) -> dict[str, float]:
     kl = (exact.exp() * (exact - approx)).sum(-1).clamp_min(0)
     return {"mean": float(kl.mean()), "p99": float(kl.quantile(0.99)), "max": float(kl.max()),
             "mean_x_T2": float(kl.mean()) * temperature**2}
+
+
+def _bucket_target(values: Tensor, indices: Tensor, tail: Tensor, student: Tensor, temperature: float) -> Tensor:
+    """The rejected alternative tail rule: the tail mass spread like the student's own tail (so ``KL(q~ || p)`` is
+    the KL between the ``(k + 1)``-bin distributions, top-k classes + one tail bucket)."""
+    top = values.float() / temperature  # (N, k)
+    log_z = torch.logsumexp(torch.cat([top, tail.unsqueeze(-1)], -1), -1, keepdim=True)  # (N, 1)
+    log_p = torch.log_softmax(student.float() / temperature, -1)  # (N, C)
+    log_p_tail = torch.logsumexp(log_p.scatter(-1, indices.long(), -math.inf), -1, keepdim=True)  # (N, 1)
+    dense = tail.unsqueeze(-1) - log_z + log_p - log_p_tail
+    return dense.scatter(-1, indices.long(), top - log_z)
+
+
+def tail_rules(logits: Tensor, k: int = 10, seed: int = 1) -> dict[str, Any]:
+    """The uniform tail (kd_toolkit's) against the student-shaped tail, for several students of ``logits``: mean
+    ``|KL(q~ || p) - KL(q || p)|`` (the loss error, nats) and the mean cosine between the approximate and the exact
+    KD gradient ``p - q`` w.r.t. the student's logits, at ``T`` in {1, 4}."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def noise(scale: float) -> Tensor:
+        return scale * torch.randn(logits.shape, generator=gen)
+
+    students = {"random N(0, 2^2)": noise(2.0), "near uniform N(0, 0.1^2)": noise(0.1),
+                "teacher + N(0, 2^2)": logits + noise(2.0), "teacher + N(0, 1)": logits + noise(1.0),
+                "teacher / 2 + N(0, 1)": logits / 2 + noise(1.0)}
+    out: dict[str, Any] = {"k": k}
+    for name, student in students.items():
+        for t in TEMPERATURES:
+            exact = torch.log_softmax(logits.float() / t, -1)
+            compressed = compress_topk(logits, k, t)
+            log_p = torch.log_softmax(student / t, -1)
+            p = log_p.exp()
+
+            exact_loss = (exact.exp() * (exact - log_p)).sum(-1)  # (N,) KL(q || p)
+            row: dict[str, Any] = {"exact_kl": float(exact_loss.mean())}
+            for rule, approx in (("uniform", topk_soft_target_log_probs(*compressed, logits.shape[-1], t)),
+                                 ("student_shaped", _bucket_target(*compressed, student, t))):
+                approx_loss = (approx.exp() * (approx - log_p)).sum(-1)  # (N,) KL(q~ || p)
+                cos = torch.nn.functional.cosine_similarity(p - approx.exp(), p - exact.exp(), dim=-1)
+                row[rule] = {"loss_error": float((approx_loss - exact_loss).abs().mean()),
+                             "grad_cos": float(cos.mean())}
+            out[f"{name}, T={t:g}"] = row
+    return out
 
 
 def synthetic_logits(n: int, classes: int = 1000, seed: int = 0) -> Tensor:
@@ -140,7 +187,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         cases["hinton_mnist_10"] = "skipped: MNIST files absent"
     synth = synthetic_logits(cfg["synthetic"])
     cases["synthetic_1000"] = {f"k{k}_T{t:g}": kl_error(synth, k, t) for k in (5, 10, 20, 50) for t in TEMPERATURES}
-    data = {"protocol": NAME, "quick": quick, "config": cfg, "kl_error_nats": cases,
+    data = {"protocol": NAME, "quick": quick, "config": cfg, "kl_error_nats": cases, "tail_rules": tail_rules(synth),
             "build": build_times(cfg["build"]), "temperature_sweep": temperature_sweep(cfg["sweep"], cfg["sweep_epochs"]),
             "threads": torch.get_num_threads(),
             "seconds": time.perf_counter() - start}

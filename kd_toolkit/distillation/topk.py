@@ -8,9 +8,15 @@ divided by the temperature**, ``log sum_{j not in top-k} exp(z_j / T)``. With it
 * ``q_j = (1 - sum_topk q) / (C - k)`` for every other class: the tail's **mass is exact**, only its spread over the
   tail classes is approximated (uniform),
 
-with ``Z = exp(logsumexp(z_topk / T)) + exp(tail)``. The tail number depends on ``T``: a top-k cache is built for
-one temperature (the module's) and a persistent cache file is keyed by it. Everything is computed in float32 log
-space, also under autocast.
+with ``Z = exp(logsumexp(z_topk / T)) + exp(tail)``. Why uniform: nothing stored says which tail class holds the
+mass, and for any prior that treats the tail classes alike the uniform spread is the mean target, which minimises
+the expected ``KL(q_T || q~_T)`` and makes the KD gradient ``(p - q~) / T`` right on average over the tail; its
+error is ``m * KL(tail shape || uniform)`` (``m`` the tail mass), so it shrinks with a larger ``k`` or a flatter
+tail. Spreading the mass like the student's own tail instead (the KL between the ``(k + 1)``-bin distributions)
+was measured and rejected (``benchmarks.cache_scaling.tail_rules``): it lowered the loss error only for students
+already close to the teacher, and its gradient was seldom closer in direction to the exact one. The tail number
+depends on ``T``: a top-k cache is built for one temperature (the module's) and a persistent cache file is keyed
+by it. Everything is computed in float32 log space, also under autocast.
 
 Example:
     >>> logits = torch.tensor([[4.0, 1.0, 0.0, -1.0]])
