@@ -8,12 +8,13 @@
 * **Tail rule**: kd_toolkit's uniform tail against spreading the tail mass like the student's own tail (the
   ``(k + 1)``-bin KL), for five students of the synthetic teacher: the loss error and the cosine between the
   approximate and the exact KD gradient (:func:`tail_rules`).
-* **Memory and build time**: bytes per sample and the time to build the cache through
-  :class:`~kd_toolkit.distillation.DistillationModule` for the exact and the top-k cache (a 1,000-class MLP
-  teacher on synthetic inputs), and for the memory-mapped top-k cache the wall time of a one-step fit that builds
-  the file and of one that reuses it.
+* **Memory and build time**: measured bytes per sample (tensor bytes in memory, ``.npy`` bytes on disk) and the
+  time to build the cache through :class:`~kd_toolkit.distillation.DistillationModule` for the exact and the top-k
+  cache (a 1,000-class MLP teacher on synthetic inputs), and for the memory-mapped top-k cache the wall time of a
+  one-step fit that builds the file, of one that reuses it, and of the same fit with a live teacher.
 * **Temperature sweep**: 5 KD runs (T = 1, 2, 3, 4, 6; same teacher and data), live teacher against the exact
-  cache kept in one ``cache_dir`` (the exact cache does not depend on T; a top-k file would be rebuilt per T).
+  cache kept in one ``cache_dir`` (the exact cache does not depend on T; a top-k file would be rebuilt per T),
+  the arms alternating run by run; wall and process CPU time.
 
 Writes ``benchmarks/results/cache_scaling.json`` and prints a summary.
 """
@@ -24,6 +25,7 @@ import argparse
 import math
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -118,7 +120,10 @@ def bytes_per_sample(classes: int, k: int | None) -> int:
 
 
 def build_times(n: int, k: int = 10, classes: int = 1000) -> dict[str, dict[str, float]]:
-    """Seconds to build each cache through the module for ``n`` samples and a 1,000-class MLP teacher."""
+    """Seconds to build each cache through the module for ``n`` samples and a 1,000-class MLP teacher, and its
+    measured bytes per sample (the tensors' bytes in memory; the ``.npy`` files' bytes on disk for ``cache_dir``).
+    The memory-mapped cache is timed through one-step fits that build the file and reuse it, beside the same
+    one-step fit with a live teacher (``live_fit_s``: the fit's own cost, to subtract)."""
     from kd_toolkit import DistillationModule
     from kd_toolkit.data import make_loader, with_sample_indices
 
@@ -126,36 +131,48 @@ def build_times(n: int, k: int = 10, classes: int = 1000) -> dict[str, dict[str,
     teacher = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, classes)).eval()
     student = nn.Sequential(nn.Flatten(), nn.Linear(64, classes))
     loader = with_sample_indices(make_loader(torch.randn(n, 64), torch.randint(classes, (n,)), 256))
-    out = {}
+    out: dict[str, dict[str, float]] = {}
     for mode, builder in (("exact", "build_teacher_cache"), ("topk_memory", "build_topk_teacher_cache")):
         module = DistillationModule(student, teacher, cache_teacher_outputs=mode.split("_")[0], cache_k=k)
         start = time.perf_counter()
-        getattr(module, builder)(loader)
-        out[mode] = {"build_s": time.perf_counter() - start,
-                     "bytes_per_sample": bytes_per_sample(classes, None if mode == "exact" else k)}
+        cache = getattr(module, builder)(loader)
+        seconds = time.perf_counter() - start
+        parts = [cache] if isinstance(cache, Tensor) else [cache.values, cache.indices, cache.tail]
+        out[mode] = {"build_s": seconds, "bytes_per_sample": sum(p.nbytes for p in parts) / n,
+                     "formula_bytes_per_sample": bytes_per_sample(classes, None if mode == "exact" else k)}
+    memmap: dict[str, float] = {"live_fit_s": _fit(DistillationModule(student, teacher), loader, 1,
+                                                   limit_train_batches=1)}
     with tempfile.TemporaryDirectory() as tmp:
         for run_name in ("build", "reuse"):  # the second pass finds the file and skips the teacher
             module = DistillationModule(student, teacher, cache_teacher_outputs="topk", cache_k=k, cache_dir=tmp)
-            trainer = _fit(module, loader, 1, limit_train_batches=1)
-            out.setdefault("topk_memmap", {"bytes_per_sample": bytes_per_sample(classes, k)})[f"{run_name}_fit_s"] = trainer
+            memmap[f"{run_name}_fit_s"] = _fit(module, loader, 1, limit_train_batches=1)
+        memmap["bytes_per_sample"] = sum(f.stat().st_size for f in Path(tmp).glob("*.npy")) / n
+    memmap["build_s"] = memmap["build_fit_s"] - memmap["live_fit_s"]
+    out["topk_memmap"] = memmap
     return out
 
 
 def _fit(module: Any, loader: Any, epochs: int, limit_train_batches: Any = 1.0) -> float:
+    return _timed_fit(module, loader, epochs, limit_train_batches)[0]
+
+
+def _timed_fit(module: Any, loader: Any, epochs: int, limit_train_batches: Any = 1.0) -> tuple[float, float]:
+    """``(wall seconds, process CPU seconds)`` of one fit."""
     import pytorch_lightning as pl
 
     trainer = pl.Trainer(max_epochs=epochs, limit_train_batches=limit_train_batches, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          accelerator="cpu")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     trainer.fit(module, loader)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def temperature_sweep(n: int, epochs: int, temperatures: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 6.0)
                       ) -> dict[str, Any]:
-    """Wall time of 5 KD runs (one per temperature, same teacher and data): live teacher against the exact cache
-    memory-mapped in one ``cache_dir`` (T-free, so built by the first run and reused by the other four)."""
+    """Wall and CPU time of 5 KD runs (one per temperature, same teacher and data): live teacher against the exact
+    cache memory-mapped in one ``cache_dir`` (T-free, so built by the first run and reused by the other four). The
+    arms alternate run by run, so a change of the machine's load hits both alike."""
     from kd_toolkit import DistillationModule
     from kd_toolkit.data import make_loader, with_sample_indices
 
@@ -164,15 +181,18 @@ def temperature_sweep(n: int, epochs: int, temperatures: tuple[float, ...] = (1.
                             nn.Linear(1024, 100)).eval()
     loader = with_sample_indices(make_loader(torch.randn(n, 64), torch.randint(100, (n,)), 128, shuffle=True))
     out: dict[str, Any] = {"samples": n, "epochs": epochs, "temperatures": list(temperatures)}
+    times: dict[str, list[tuple[float, float]]] = {"live": [], "persistent_cache": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for arm in ("live", "persistent_cache"):
-            seconds = []
-            for t in temperatures:
+        for t in temperatures:
+            for arm, runs in times.items():
                 student = nn.Sequential(nn.Flatten(), nn.Linear(64, 100))
                 kwargs: dict[str, Any] = {"cache_teacher_outputs": "exact", "cache_dir": tmp} if arm != "live" else {}
-                seconds.append(_fit(DistillationModule(student, teacher, temperature=t, **kwargs), loader, epochs))
-            out[arm] = {"total_s": sum(seconds), "per_run_s": seconds}
+                runs.append(_timed_fit(DistillationModule(student, teacher, temperature=t, **kwargs), loader, epochs))
+    for arm, runs in times.items():
+        out[arm] = {"total_s": sum(w for w, _ in runs), "per_run_s": [w for w, _ in runs],
+                    "total_cpu_s": sum(c for _, c in runs), "per_run_cpu_s": [c for _, c in runs]}
     out["speedup"] = out["live"]["total_s"] / out["persistent_cache"]["total_s"]
+    out["speedup_cpu"] = out["live"]["total_cpu_s"] / out["persistent_cache"]["total_cpu_s"]
     return out
 
 
