@@ -279,7 +279,8 @@ class KDBaseModule(EvaluationMixin, pl.LightningModule):
         for plain in (False, True):  # `<name>_epoch` for the loggers first, then `<name>` for monitors
             for name, value in means.items():
                 self.log(name if plain else f"{name}_epoch", value, prog_bar=not plain and name == "train_loss",
-                         logger=not plain, on_step=False, on_epoch=True, batch_size=counts[name], sync_dist=sync)
+                         logger=False if plain else None,  # None: Lightning's default (no warning without a logger)
+                         on_step=False, on_epoch=True, batch_size=counts[name], sync_dist=sync)
         self._epoch_values_logged = True
 
     def on_train_epoch_start(self) -> None:
