@@ -220,7 +220,7 @@ def run_checks(accelerator: str, quick: bool) -> dict[str, Any]:
     x28, y28 = (x, y) if settings["side"] == 28 else _data(settings["samples"])
     result: dict[str, Any] = {"accelerator": accelerator, "quick": quick, "settings": settings,
                               "device": torch.cuda.get_device_name(0) if accelerator == "gpu" else "cpu",
-                              "torch": torch.__version__, "precisions": {}}
+                              "torch": torch.__version__, "threads": torch.get_num_threads(), "precisions": {}}
     start = time.perf_counter()
     for i, precision in enumerate(PRECISIONS):
         result["precisions"][precision] = {
@@ -271,7 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accelerator", choices=("gpu", "cpu"), default="gpu")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_check.json"))
     parser.add_argument("--quick", action="store_true", help="tiny data: a smoke run (the test suite's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: 1 with --accelerator cpu, where more threads only contend "
+                             "on these small nets; torch's default on a GPU)")
     args = parser.parse_args(argv)
+    threads = args.threads if args.threads is not None else 1 if args.accelerator == "cpu" else None
+    if threads is not None:
+        torch.set_num_threads(threads)
     result = run_checks(args.accelerator, args.quick)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for runs in result["precisions"].values():  # per-step losses are long and not needed in the file
