@@ -139,6 +139,13 @@ class EarlyExitNetwork(nn.Module):
             self.exits.to(device=reference.device, dtype=reference.dtype)
         self.confidence: ConfidenceRule = confidence
         self.thresholds = thresholds
+        self._module_list: tuple[nn.Module, ...] = tuple(self.modules())
+
+    def train(self, mode: bool = True) -> EarlyExitNetwork:
+        """Set the training flag (``eval()`` calls this) and refresh the module list ``predict`` restores."""
+        super().train(mode)
+        self._module_list = tuple(self.modules())
+        return self
 
     @property
     def thresholds(self) -> list[float]:
@@ -173,10 +180,11 @@ class EarlyExitNetwork(nn.Module):
         Block by block, the confident samples leave the batch and later blocks run only on the
         samples still undecided; the final exit takes the rest. Heads of exits whose threshold is
         1.0 are not run. Results are in input order, and the training flags of all submodules are
-        restored afterwards.
+        restored afterwards (the list of submodules is taken at construction and at every
+        ``train()``/``eval()``: call ``eval()`` after replacing a submodule).
         """
         steps = [functools.partial(runtime.block_step, *self._parts(i), self.confidence) for i in range(self.num_exits)]
-        with torch.no_grad(), eval_mode(self):
+        with torch.no_grad(), eval_mode(self, self._module_list):
             return EarlyExitPrediction(*runtime.run_chain(steps, x, self.num_classes))
 
     def segments(self) -> list[EarlyExitNetworkSegmentor]:
