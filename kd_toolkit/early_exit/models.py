@@ -93,7 +93,7 @@ class BLeNet(nn.Module):
         (3, torch.Size([2, 10]))
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, channels: Sequence[int] = (4, 32, 64),
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, channels: Sequence[int] = (8, 32, 64),
                  hidden: int = 128, image_size: int = 28) -> None:
         super().__init__()
         check_int("in_channels", in_channels, minimum=1)
