@@ -154,7 +154,7 @@ def per_sample_by_batch(fns: dict[str, Callable[[Tensor], Any]], x: Tensor, batc
         for size in batch_sizes:
             n = min(len(x), max(size * 4, 256))
             chunks = [x[i : i + size] for i in range(0, n - n % size, size)]
-            arms = {name: _timed(lambda f=fn: [f(c) for c in chunks]) for name, fn in fns.items()}
+            arms = {name: _timed(lambda f=fn, cs=chunks: [f(c) for c in cs]) for name, fn in fns.items()}
             for name, runs in interleave(arms, repeats, warmup=1).items():
                 out[name][str(size)] = 1000.0 * statistics.median(r["ms"] for r in runs) / (len(chunks) * size)
     return out
