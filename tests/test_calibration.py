@@ -219,3 +219,10 @@ def test_the_promise_holds_off_the_validation_set(network):
         full, _ = _predict_over(network, test_loader)
         drops.append(full - accuracy)
     assert max(drops) <= 0.02, drops
+
+
+def test_a_validation_set_too_small_for_the_promise_warns_and_keeps_exits_closed(network):
+    small = DataLoader(_data(100, seed=7), batch_size=100)  # even 0 losses bound the drop at ~3% (95%)
+    with pytest.warns(UserWarning, match="100 validation samples cannot show a drop <= 0.005"):
+        result = calibrate_thresholds(network, small, max_accuracy_drop=0.005)
+    assert result.thresholds == [1.0, 1.0] and result.accuracy_drop_bound == 0.0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,7 +150,10 @@ def calibrate_thresholds(
         apply: Set the chosen thresholds on ``network``.
         confidence_level: Level in (0, 1) of the bound on the accuracy drop, or ``None`` to use the
             observed drop; reported as ``accuracy_drop_bound`` with the thresholds. 0.95 by default:
-            the usual one-sided level; higher levels are safer but let fewer samples leave early.
+            the usual one-sided level; higher levels are safer but let fewer samples leave early. Even
+            with no sample lost the bound is ``1 - (1 - level) ** (1 / n)`` (about ``3 / n`` at 0.95), so
+            ``n`` validation samples support ``max_accuracy_drop`` down to about ``3 / n``; below that every
+            exit stays closed and a warning says so.
 
     Example:
         >>> from torch import nn
@@ -176,6 +180,14 @@ def calibrate_thresholds(
                                        open_low=True, open_high=True)
     grid = _check_candidates(_DEFAULT_CANDIDATES if candidates is None else candidates)
     table = _ExitTable(network, val_loader, "val_loader")
+    n = int(table.correct.shape[1])
+    if max_accuracy_drop is not None and confidence_level is not None and \
+            accuracy_drop_bound(0, n, confidence_level) > max_accuracy_drop:
+        warnings.warn(f"calibrate_thresholds: {n} validation samples cannot show a drop <= {max_accuracy_drop:g} at "
+                      f"confidence_level={confidence_level:g} even with no sample lost (the bound is "
+                      f"{accuracy_drop_bound(0, n, confidence_level):.4f}), so every exit stays closed; use about "
+                      f"{math.ceil(-math.log(1 - confidence_level) / max_accuracy_drop)} or more validation samples, "
+                      "a larger max_accuracy_drop, a lower confidence_level, or confidence_level=None.", stacklevel=2)
     if max_accuracy_drop is not None:
         chosen = _greedy_for_accuracy(table, grid, float(max_accuracy_drop), confidence_level)
     else:
