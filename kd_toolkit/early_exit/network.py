@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -145,6 +145,7 @@ class EarlyExitNetwork(nn.Module):
         """Set the training flag (``eval()`` calls this) and refresh the module list ``predict`` restores."""
         super().train(mode)
         self._module_list = tuple(self.modules())
+        self._steps = None
         return self
 
     @property
@@ -155,6 +156,7 @@ class EarlyExitNetwork(nn.Module):
     @thresholds.setter
     def thresholds(self, thresholds: Sequence[float]) -> None:
         self._thresholds = runtime.check_thresholds(thresholds, self.num_exits - 1)
+        self._steps: tuple[list[Any], str] | None = None  # predict's chain steps, rebuilt on next use
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """Logits of every exit, final included, for training: ``num_exits`` tensors ``(B, C)``."""
@@ -180,12 +182,18 @@ class EarlyExitNetwork(nn.Module):
         Block by block, the confident samples leave the batch and later blocks run only on the
         samples still undecided; the final exit takes the rest. Heads of exits whose threshold is
         1.0 are not run. Results are in input order, and the training flags of all submodules are
-        restored afterwards (the list of submodules is taken at construction and at every
-        ``train()``/``eval()``: call ``eval()`` after replacing a submodule).
+        restored afterwards. The submodules and chain steps are taken at construction and at every
+        ``train()``/``eval()`` (and thresholds change): call ``eval()`` after replacing a submodule.
         """
-        steps = [functools.partial(runtime.block_step, *self._parts(i), self.confidence) for i in range(self.num_exits)]
-        with torch.no_grad(), eval_mode(self, self._module_list):
-            return EarlyExitPrediction(*runtime.run_chain(steps, x, self.num_classes))
+        if self._steps is None or self._steps[1] != self.confidence:  # cached: batch-1 latency counts microseconds
+            self._steps = ([functools.partial(runtime.block_step, *self._parts(i), self.confidence)
+                            for i in range(self.num_exits)], self.confidence)
+        steps, training = self._steps[0], [m for m in self._module_list if m.training]
+        with torch.no_grad():
+            if not training:  # already in eval mode: nothing to switch or restore
+                return EarlyExitPrediction(*runtime.run_chain(steps, x, self.num_classes))
+            with eval_mode(self, training):
+                return EarlyExitPrediction(*runtime.run_chain(steps, x, self.num_classes))
 
     def segments(self) -> list[EarlyExitNetworkSegmentor]:
         """One :class:`EarlyExitNetworkSegmentor` per block, sharing this network's modules."""
