@@ -51,7 +51,7 @@ NAME = "early_exit"
 BRANCHYNET_CPU_SPEEDUP = 5.4  # Teerapittayanon et al. 2016, Table 1, B-LeNet on MNIST, CPU
 FULL = {"n_train": None, "n_test": None, "val": 1000, "epochs": 8, "repeats": 9, "segment_repeats": {1: 300, 256: 15},
         "latency_samples": 1000, "batch_repeats": 5, "splits": 5,
-        "static_candidates": [{"channels": (4, 8, 16), "hidden": 32}, {"channels": (4, 16, 32), "hidden": 64}]}
+        "static_candidates": [{"channels": (4, 16, 32), "hidden": 64}, {"channels": (8, 16, 32), "hidden": 64}]}
 QUICK = {"n_train": 1500, "n_test": 500, "val": 300, "epochs": 1, "repeats": 2, "segment_repeats": {1: 50, 256: 3},
          "latency_samples": 100, "batch_repeats": 1, "splits": 2,
          "static_candidates": [{"channels": (4, 8, 16), "hidden": 32}]}
