@@ -117,6 +117,8 @@ class EarlyExitNetwork(nn.Module):
         (torch.Size([5]), torch.Size([5]), torch.Size([5, 3]))
     """
 
+    _steps: tuple[list[Any], str] | None  # predict's cached chain steps and the confidence rule they use
+
     def __init__(self, model: nn.Module, input_shape: Sequence[int],
                  neurons_in_exit_layers: int | Sequence[Sequence[int]], thresholds: Sequence[float], *,
                  confidence: ConfidenceRule = "max_prob") -> None:
@@ -156,7 +158,7 @@ class EarlyExitNetwork(nn.Module):
     @thresholds.setter
     def thresholds(self, thresholds: Sequence[float]) -> None:
         self._thresholds = runtime.check_thresholds(thresholds, self.num_exits - 1)
-        self._steps: tuple[list[Any], str] | None = None  # predict's chain steps, rebuilt on next use
+        self._steps = None  # predict's chain steps, rebuilt on next use
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """Logits of every exit, final included, for training: ``num_exits`` tensors ``(B, C)``."""
