@@ -187,10 +187,12 @@ class EarlyExitNetwork(nn.Module):
         restored afterwards. The submodules and chain steps are taken at construction and at every
         ``train()``/``eval()`` (and thresholds change): call ``eval()`` after replacing a submodule.
         """
-        if self._steps is None or self._steps[1] != self.confidence:  # cached: batch-1 latency counts microseconds
-            self._steps = ([functools.partial(runtime.block_step, *self._parts(i), self.confidence)
-                            for i in range(self.num_exits)], self.confidence)
-        steps, training = self._steps[0], [m for m in self._module_list if m.training]
+        cached = getattr(self, "_steps", None)  # absent in a network pickled before the cache existed
+        if cached is None or cached[1] != self.confidence:  # cached: batch-1 latency counts microseconds
+            cached = self._steps = ([functools.partial(runtime.block_step, *self._parts(i), self.confidence)
+                                     for i in range(self.num_exits)], self.confidence)
+        modules = getattr(self, "_module_list", None) or tuple(self.modules())
+        steps, training = cached[0], [m for m in modules if m.training]
         with torch.no_grad():
             if not training:  # already in eval mode: nothing to switch or restore
                 return EarlyExitPrediction(*runtime.run_chain(steps, x, self.num_classes))
