@@ -1,165 +1,133 @@
-"""Early-exit benchmark on MNIST (BranchyNet, Teerapittayanon et al. 2016): speed at equal accuracy.
+"""Early-exit benchmark on MNIST (BranchyNet, Teerapittayanon et al. 2016): wall-clock savings at equal accuracy.
 
 The 10,000 MNIST test images are split stratified 8,000/2,000 with seed 0 (:func:`benchmarks._common.mnist_split`);
-a validation part (1,000 images, stratified) is carved from the 8,000 and the rest trains. A LeNet-5 split in
-three blocks (:class:`kd_toolkit.models.LeNet`) gets a linear exit after blocks 1 and 2 and is trained whole
-(equal exit weights, self-distillation from the final exit) through ``KnowledgeDistillationTraining``. The
-thresholds are calibrated on the validation part for at most 0.5 points of accuracy below the final exit
-(:func:`kd_toolkit.early_exit.calibration.calibrate_thresholds`); the 2,000 test images are used only for the figures:
+a validation part (1,000 images, stratified) is carved from the 8,000 and the rest trains. Two backbones, side by
+side, each with exits after blocks 0 and 1, trained whole (equal exit weights, self-distillation from the final
+exit) through ``KnowledgeDistillationTraining``:
 
-* test accuracy of the final exit (the network without early exit) and of batched early exit, exit shares,
-  average MACs per sample against the plain network's;
-* throughput at batch 256 over the test images: the plain network (blocks only) against batched
-  ``EarlyExitNetwork.predict``; arms alternate, the speed-up is the median of the paired ratios;
-* latency at batch 1: per-sample wall time of the plain network against ``predict``, alternating per sample
-  (median and mean; the machine is shared, so the median is the steadier figure);
-* the seed's way: chaining the segments one sample at a time, against batched ``predict``.
+* ``lenet``: LeNet-5 (:class:`kd_toolkit.models.LeNet`), whose block 0 (a 5x5 conv and a pool over the full 28x28
+  map) is most of its wall time, so leaving after it saves MACs but little time;
+* ``b_lenet``: B-LeNet (:class:`kd_toolkit.early_exit.models.BLeNet`), BranchyNet's placement: a cheap strided
+  3x3 conv, exit 0 (one hidden layer of 32), the expensive stages later.
+
+Thresholds are calibrated on the validation part for at most 0.5 points of accuracy below the final exit, at a 95%
+one-sided Clopper-Pearson bound on the drop (``calibrate_thresholds(confidence_level=0.95)``). The 2,000 test images
+give the figures: accuracy, exit shares, MACs; per-segment wall time at batch 1 and 256 and the exit decision's
+cost; the ideal speed-up ``S* = t_full / sum_k q_k (t_0 + ... + t_k)`` from those times and the test exit shares,
+and the achieved speed-up against it (batch 256: throughput of ``predict`` over the blocks alone, paired median of
+alternating runs; batch 1: median latency of the blocks alone over the exit-share-weighted median latency of
+``predict`` per exit); latency percentiles at batch 1; time per sample at batch 1, 8, 32 and 256. The calibration's
+promise is checked over stratified re-splits of the 3,000 held-out images (validation + test) into 1,000 / 2,000.
+A smaller static B-LeNet (no exits, trained the same way, chosen on validation as the cheapest whose accuracy is
+within the same 0.5 points of the full network's) is timed beside the early-exit network.
 
 Usage (from the repository root)::
 
-    .venv/bin/python -m benchmarks.early_exit            # full run (~1 min on 2 cores), writes results/early_exit.json
-    .venv/bin/python -m benchmarks.early_exit --quick    # smoke run (< 30 s)
+    .venv/bin/python -m benchmarks.early_exit            # full run (< 4 min on 2 cores), writes results/early_exit.json
+    .venv/bin/python -m benchmarks.early_exit --quick    # smoke run (< 20 s)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a file: make `benchmarks` and `kd_toolkit` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pytorch_lightning as pl
 import torch
-from torch import Tensor
 
-from benchmarks._common import RESULTS_DIR, BenchmarkSkipped, interleave, machine_info, mnist_split, write_json
-from kd_toolkit.data import make_loader, stratified_split
-from kd_toolkit.early_exit import EarlyExitModule, EarlyExitNetwork, average_macs, exit_macs
-from kd_toolkit.early_exit.calibration import calibrate_thresholds, measure_segment_latency
-from kd_toolkit.models import LeNet
-from kd_toolkit.training import KnowledgeDistillationTraining
+from benchmarks import _early_exit as ee
+from benchmarks._common import RESULTS_DIR, BenchmarkSkipped, machine_info, mnist_split, write_json
+from kd_toolkit.early_exit import EarlyExitNetwork, exit_macs
+from kd_toolkit.early_exit.calibration import calibrate_thresholds
 
 NAME = "early_exit"
 BRANCHYNET_CPU_SPEEDUP = 5.4  # Teerapittayanon et al. 2016, Table 1, B-LeNet on MNIST, CPU
-FULL = {"n_train": None, "n_test": None, "val": 1000, "epochs": 8, "repeats": 15, "latency_samples": 1000,
-        "sequential_samples": 2000}
-QUICK = {"n_train": 1500, "n_test": 500, "val": 300, "epochs": 1, "repeats": 2, "latency_samples": 100,
-         "sequential_samples": 200}
-TRAINING = {"exit_hidden": [[], []], "self_distillation": True, "optimizer": "adam", "lr": 2e-3, "batch_size": 64,
-            "max_accuracy_drop": 0.005, "seed": 0}
-BATCH = 256
+FULL = {"n_train": None, "n_test": None, "val": 1000, "epochs": 8, "repeats": 9, "segment_repeats": {1: 300, 256: 15},
+        "latency_samples": 1000, "batch_repeats": 5, "splits": 5,
+        "static_candidates": [{"channels": (4, 16, 32), "hidden": 64}, {"channels": (8, 16, 32), "hidden": 64}]}
+QUICK = {"n_train": 1500, "n_test": 500, "val": 300, "epochs": 1, "repeats": 2, "segment_repeats": {1: 50, 256: 3},
+         "latency_samples": 100, "batch_repeats": 1, "splits": 2,
+         "static_candidates": [{"channels": (4, 8, 16), "hidden": 32}]}
+NETWORKS = {"lenet": {"model": "lenet", "kwargs": {}, "exit_hidden": [[], []]},
+            "b_lenet": {"model": "b_lenet", "kwargs": {}, "exit_hidden": [[32], []]}}
+MAX_DROP, LEVEL = 0.005, 0.95
+BATCH_SIZES = (1, 8, 32, 256)
+TARGETS = {"latency_batch_1": 3.0, "throughput_batch_256": 2.0, "achieved_over_ideal": 0.85}
 
 
-def _train(data: Any, settings: dict[str, Any]) -> tuple[EarlyExitNetwork, dict[str, Tensor]]:
-    """Carve the validation part from the training images, train the network whole, return it and the parts."""
-    y_all = data.y_train.numpy()
-    fraction = settings["val"] / len(y_all)
-    train_idx, val_idx = (torch.from_numpy(i) for i in stratified_split(y_all, [1 - fraction, fraction], seed=0))
-    parts = {"x_train": data.x_train[train_idx], "y_train": data.y_train[train_idx],
-             "x_val": data.x_train[val_idx], "y_val": data.y_train[val_idx]}
-    pl.seed_everything(TRAINING["seed"], verbose=False)
-    network = EarlyExitNetwork(LeNet(), (1, 1, 28, 28), TRAINING["exit_hidden"], [0.9, 0.9])
-    module = EarlyExitModule(network, self_distillation=TRAINING["self_distillation"], optimizer=TRAINING["optimizer"],
-                             lr=TRAINING["lr"])
-    with tempfile.TemporaryDirectory() as tmp:
-        KnowledgeDistillationTraining(
-            module=module, train_data_loader=make_loader(parts["x_train"], parts["y_train"], TRAINING["batch_size"],
-                                                         shuffle=True),
-            max_epoch=settings["epochs"], seed=TRAINING["seed"], accelerator="cpu", precision=32, deterministic=False,
-            checkpointing=False, csv_logging=False, quiet=True, enable_progress_bar=False, default_root_dir=tmp,
-        ).fit()
-    return network.eval(), parts
-
-
-def _throughput(fn: Callable[[Tensor], Any], x: Tensor) -> dict[str, float]:
-    """Samples per second of ``fn`` over ``x`` in batches of :data:`BATCH`."""
-    start = time.perf_counter()
-    for i in range(0, len(x), BATCH):
-        fn(x[i : i + BATCH])
-    return {"samples_per_s": len(x) / (time.perf_counter() - start)}
-
-
-def _latencies(fns: dict[str, Callable[[Tensor], Any]], x: Tensor) -> dict[str, list[float]]:
-    """Per-sample wall time (ms) of each function at batch 1, alternating functions on every sample."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    names = list(fns)
-    for i in range(len(x)):
-        sample = x[i : i + 1]  # (1, 1, 28, 28)
-        for name in names if i % 2 == 0 else reversed(names):
-            start = time.perf_counter()
-            fns[name](sample)
-            times[name].append(1000.0 * (time.perf_counter() - start))
-    return times
-
-
-def _chain_one_by_one(segments: list[Any], x: Tensor) -> Tensor:
-    """The seed's inference: each sample walks the segments until one lets it exit."""
-    predictions = []
-    for i in range(len(x)):
-        h = x[i : i + 1]
-        for segment in segments:
-            logits, exited, h = segment(h)
-            if bool(exited[0]):
-                predictions.append(int(logits.argmax(-1)))
-                break
-    return torch.tensor(predictions)
-
-
-def _accuracy_and_exits(network: EarlyExitNetwork, x: Tensor, y: Tensor) -> dict[str, Any]:
-    with torch.no_grad():
-        final = torch.cat([network.blocks(x[i : i + BATCH]) for i in range(0, len(x), BATCH)])  # (N, C)
-    results = [network.predict(x[i : i + BATCH]) for i in range(0, len(x), BATCH)]
-    predictions = torch.cat([r.predictions for r in results])
-    exit_index = torch.cat([r.exit_index for r in results])
-    macs = exit_macs(network)
-    plain = exit_macs(_closed(network))[-1]  # blocks only: no exit head runs when every threshold is 1.0
-    avg = average_macs(exit_index, macs)
-    return {
-        "full_accuracy": (final.argmax(-1) == y).float().mean().item(),
-        "early_exit_accuracy": (predictions == y).float().mean().item(),
-        "exit_shares": (torch.bincount(exit_index, minlength=network.num_exits).double() / len(y)).tolist(),
-        "exit_macs": macs, "plain_macs": plain, "average_macs": avg, "mac_speedup": plain / avg,
-        "predictions": predictions,
+def _network(spec: dict[str, Any], parts: dict[str, Any], data: Any, settings: dict[str, Any]) -> tuple[
+        EarlyExitNetwork, dict[str, Any]]:
+    """Train, calibrate on validation, measure one early-exit network on the test images."""
+    started = time.perf_counter()
+    network = ee.train(spec["model"], spec["kwargs"], spec["exit_hidden"], parts, settings["epochs"])
+    train_s = time.perf_counter() - started
+    cal = calibrate_thresholds(network, [(parts["x_val"], parts["y_val"])], max_accuracy_drop=MAX_DROP,
+                               confidence_level=LEVEL, apply=True)
+    x, y = data.x_test, data.y_test
+    quality = ee.quality(network, x, y)
+    shares, exit_index = quality["exit_shares"], quality.pop("exit_index")
+    quality.pop("predictions")
+    segments = {str(b): ee.segment_times(network, x[:b], settings["segment_repeats"][b]) for b in (1, ee.BATCH)}
+    ideal = {b: ee.ideal_speedup(t, shares) for b, t in segments.items()}
+    fns = {"plain": network.blocks, "early_exit": network.predict}
+    rate = ee.throughput(fns, x, settings["repeats"])
+    n_lat = settings["latency_samples"]
+    lat = ee.latencies(fns, x[:n_lat])
+    by_exit = [[t for t, k in zip(lat["early_exit"], exit_index[:n_lat].tolist()) if k == e]
+               for e in range(network.num_exits)]
+    weighted = sum(len(v) / n_lat * statistics.median(v) for v in by_exit if v)
+    achieved = {"256": rate["speedup"], "1": statistics.median(lat["plain"]) / weighted}
+    pool_x, pool_y = torch.cat([parts["x_val"], x]), torch.cat([parts["y_val"], y])
+    return network, {
+        "model": spec, "train_seconds": train_s, "thresholds": cal.thresholds,
+        "validation": {"full_accuracy": cal.full_accuracy, "early_exit_accuracy": cal.accuracy,
+                       "exit_shares": cal.exit_shares, "drop_bound": cal.accuracy_drop_bound, "confidence_level": LEVEL},
+        "test": {**quality, "drop": quality["full_accuracy"] - quality["early_exit_accuracy"]},
+        "segment_time": segments, "ideal_speedup": ideal, "achieved_speedup": achieved,
+        "achieved_over_ideal": {b: achieved[b] / ideal[b] for b in ideal},
+        "throughput_batch_256": rate,
+        "latency_batch_1_ms": {name: ee.percentiles(v) for name, v in lat.items()},
+        "latency_speedup_median": statistics.median(lat["plain"]) / statistics.median(lat["early_exit"]),
+        "latency_by_exit_median_ms": [statistics.median(v) if v else None for v in by_exit],
+        "per_sample_us_by_batch": ee.per_sample_by_batch(fns, x, BATCH_SIZES, settings["batch_repeats"]),
+        "calibration_promise": ee.resplit_promise(network, pool_x, pool_y, settings["splits"], len(parts["y_val"]),
+                                                  MAX_DROP, LEVEL),
     }
 
 
-def _closed(network: EarlyExitNetwork) -> EarlyExitNetwork:
-    """The same network object with every exit closed, for counting the plain network's MACs."""
-    closed = type(network).__new__(type(network))
-    closed.__dict__.update(network.__dict__)
-    closed._thresholds = [1.0] * (network.num_exits - 1)
-    return closed
-
-
-def _segment_0_share(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Wall time of segment 0 (block 0, exit 0 and its decision) over the plain network's, per batch size.
-
-    A sample leaving at exit 0 still pays this share, so ``1 / share`` bounds the speed-up from below.
-    """
-    out = {}
-    for batch in sorted({r["batch_size"] for r in rows}):
-        by = {r["segment"]: r["min_ms"] for r in rows if r["batch_size"] == batch}
-        out[f"batch_{batch}"] = by[0] / by["full"]
-    return out
+def _static(network: EarlyExitNetwork, parts: dict[str, Any], data: Any, settings: dict[str, Any],
+            full_val_accuracy: float) -> dict[str, Any]:
+    """The cheapest static B-LeNet whose validation accuracy is within MAX_DROP of the early-exit net's final exit."""
+    tried = []
+    for kwargs in settings["static_candidates"]:
+        net = ee.train("b_lenet", kwargs, [[], []], parts, settings["epochs"], static=True)
+        with torch.no_grad():
+            val_acc = (net.blocks(parts["x_val"]).argmax(-1) == parts["y_val"]).float().mean().item()
+        net.thresholds = [1.0, 1.0]
+        tried.append({"kwargs": kwargs, "val_accuracy": val_acc, "macs": exit_macs(net)[-1], "net": net})
+    ok = [t for t in tried if t["val_accuracy"] >= full_val_accuracy - MAX_DROP - 1e-9]
+    chosen = min(ok, key=lambda t: t["macs"]) if ok else max(tried, key=lambda t: t["val_accuracy"])
+    static, x, y = chosen["net"].blocks, data.x_test, data.y_test
+    with torch.no_grad():
+        test_acc = (torch.cat([static(x[i : i + 256]) for i in range(0, len(x), 256)]).argmax(-1) == y)
+    fns = {"static": static, "early_exit": network.predict}
+    lat = ee.latencies(fns, x[: settings["latency_samples"]])
+    return {"candidates": [{k: v for k, v in t.items() if k != "net"} for t in tried], "chosen": chosen["kwargs"],
+            "meets_accuracy_rule": bool(ok), "rule": f"cheapest with validation accuracy >= full - {MAX_DROP}",
+            "test_accuracy": test_acc.float().mean().item(), "macs": chosen["macs"],
+            "latency_batch_1_median_ms": {k: statistics.median(v) for k, v in lat.items()},
+            "throughput_batch_256": ee.throughput(fns, x, settings["repeats"])}
 
 
 def run(quick: bool = False, out_dir: Path = RESULTS_DIR, *, threads: int = 1) -> dict[str, Any]:
     """Run the early-exit benchmark and write ``out_dir/early_exit.json``.
-
-    Args:
-        quick: a smoke run (1,500 training images, 1 epoch, 500 test images, few repeats; < 30 s).
-        out_dir: where ``early_exit.json`` goes.
-        threads: torch intra-op threads during the timings (1 is steadier on the shared 2-core machine).
-
-    Returns:
-        The results dict (also written as JSON).
 
     Raises:
         BenchmarkSkipped: when the MNIST test files are absent (the message says where they were looked for).
@@ -168,94 +136,103 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR, *, threads: int = 1) -
     data = mnist_split(seed=0, n_train=settings["n_train"], n_test=settings["n_test"])  # may raise BenchmarkSkipped
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    load_start, started = os.getloadavg(), time.perf_counter()
     try:
-        started = time.perf_counter()
-        network, parts = _train(data, settings)
-        train_s = time.perf_counter() - started
-        val_loader = make_loader(parts["x_val"], parts["y_val"], 500)
-        calibration = calibrate_thresholds(network, val_loader, max_accuracy_drop=TRAINING["max_accuracy_drop"],
-                                           apply=True)
-        x, y = data.x_test, data.y_test
-        quality = _accuracy_and_exits(network, x, y)
-        with torch.no_grad():
-            arms = {"plain_network": lambda: _throughput(network.blocks, x),
-                    "early_exit_predict": lambda: _throughput(network.predict, x)}
-            arms["plain_network"](), arms["early_exit_predict"]()  # warm-up
-            rates = {k: [r["samples_per_s"] for r in v] for k, v in interleave(arms, settings["repeats"]).items()}
-            latency = _latencies({"plain_network": network.blocks, "early_exit_predict": network.predict},
-                                 x[: settings["latency_samples"]])
-            segment_rows = measure_segment_latency(network, batch_sizes=(1, BATCH), repeats=settings["repeats"] * 10)
-            segments = [s.eval() for s in network.segments()]
-            n_seq = settings["sequential_samples"]
-            start = time.perf_counter()
-            chained = _chain_one_by_one(segments, x[:n_seq])
-            sequential_rate = n_seq / (time.perf_counter() - start)
-        predictions = quality.pop("predictions")
-        throughput = {k: statistics.median(v) for k, v in rates.items()}
-        result = {
-            "protocol": NAME, "quick": quick, "settings": settings, "training": TRAINING, "train_seconds": train_s,
-            "split": {"train": len(parts["y_train"]), "val": len(parts["y_val"]), "test": len(y)},
-            "thresholds": calibration.thresholds,
-            "validation": {"full_accuracy": calibration.full_accuracy, "early_exit_accuracy": calibration.accuracy,
-                           "exit_shares": calibration.exit_shares, "relative_compute": calibration.relative_compute},
-            "test": quality,
-            "throughput_batch_256": {"samples_per_s_median": throughput, "samples_per_s_all": rates,
-                                     "speedup": statistics.median(e / p for e, p in zip(rates["early_exit_predict"],
-                                                                                         rates["plain_network"]))},
-            "latency_batch_1_ms": {
-                name: {"mean": statistics.fmean(v), "median": statistics.median(v),
-                       "p90": statistics.quantiles(v, n=10)[-1]} for name, v in latency.items()},
-            "sequential_segments": {"samples_per_s": sequential_rate, "samples": n_seq,
-                                    "agrees_with_predict": bool(torch.equal(chained, predictions[:n_seq])),
-                                    "batched_predict_speedup": throughput["early_exit_predict"] / sequential_rate},
-            "segment_time_ms": segment_rows,
-            "segment_0_share_of_plain_time": _segment_0_share(segment_rows),
-            "branchynet_cpu_speedup_reported": BRANCHYNET_CPU_SPEEDUP,
-            "machine": {**machine_info(), "torch_threads": threads},
-        }
-        lat = result["latency_batch_1_ms"]
-        lat["speedup_median"] = lat["plain_network"]["median"] / lat["early_exit_predict"]["median"]
-        lat["speedup_mean"] = lat["plain_network"]["mean"] / lat["early_exit_predict"]["mean"]
+        parts = ee.carve_validation(data.x_train, data.y_train, settings["val"])
+        networks, results = {}, {}
+        for name, spec in NETWORKS.items():
+            networks[name], results[name] = _network(spec, parts, data, settings)
+        static = _static(networks["b_lenet"], parts, data, settings, results["b_lenet"]["validation"]["full_accuracy"])
     finally:
         torch.set_num_threads(previous_threads)
+    result = {
+        "protocol": NAME, "command": "python -m benchmarks.early_exit" + (" --quick" if quick else ""), "quick": quick,
+        "settings": settings, "recipe": ee.RECIPE, "max_accuracy_drop": MAX_DROP, "confidence_level": LEVEL,
+        "split": {"train": len(parts["y_train"]), "val": len(parts["y_val"]), "test": len(data.y_test)},
+        "networks": results, "static_baseline": static, "branchynet_cpu_speedup_reported": BRANCHYNET_CPU_SPEEDUP,
+        "seconds": time.perf_counter() - started, "load_average_start": load_start, "load_average_end": os.getloadavg(),
+        "machine": {**machine_info(), "torch_threads": threads},
+    }
+    result["targets"] = _targets(result)
     write_json(out_dir, NAME, result)
     return result
 
 
-def markdown(result: dict[str, Any]) -> str:
-    """The README table of a :func:`run` result."""
-    t, thr, lat, seq = result["test"], result["throughput_batch_256"], result["latency_batch_1_ms"], result["sequential_segments"]
-    rate = thr["samples_per_s_median"]
-    shares = " / ".join(f"{100 * s:.1f}%" for s in t["exit_shares"])
+def _targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    b = result["networks"]["b_lenet"]
+    promise = b["calibration_promise"]["fraction_within_target"]["bound"]
     rows = [
-        ("Test accuracy, final exit (no early exit)", f"{100 * t['full_accuracy']:.2f}%"),
-        ("Test accuracy, early exit", f"{100 * t['early_exit_accuracy']:.2f}%"),
-        ("Thresholds (calibrated on validation)", ", ".join(f"{v:g}" for v in result["thresholds"])),
-        ("Exit shares on test (exit 0 / 1 / final)", shares),
-        ("MACs per sample: plain / early exit (average)", f"{t['plain_macs']:,} / {t['average_macs']:,.0f} "
-                                                           f"({t['mac_speedup']:.2f}x fewer)"),
-        ("Throughput at batch 256, median: plain / early exit", f"{rate['plain_network']:,.0f} / "
-                                                                f"{rate['early_exit_predict']:,.0f} samples/s "
-                                                                f"(**{thr['speedup']:.2f}x**, paired)"),
-        ("Latency at batch 1, median: plain / early exit", f"{lat['plain_network']['median']:.3f} / "
-                                                           f"{lat['early_exit_predict']['median']:.3f} ms "
-                                                           f"(**{lat['speedup_median']:.2f}x**)"),
-        ("Latency at batch 1, mean: plain / early exit", f"{lat['plain_network']['mean']:.3f} / "
-                                                         f"{lat['early_exit_predict']['mean']:.3f} ms "
-                                                         f"({lat['speedup_mean']:.2f}x)"),
-        ("Segment 0 (block 0 + exit 0) wall time / plain network's, batch 1 / 256",
-         " / ".join(f"{100 * v:.0f}%" for v in result["segment_0_share_of_plain_time"].values())),
-        ("Seed's way (segments one sample at a time) / batched predict",
-         f"{seq['samples_per_s']:,.0f} / {rate['early_exit_predict']:,.0f} samples/s "
-         f"({seq['batched_predict_speedup']:.1f}x; same predictions: {seq['agrees_with_predict']})"),
+        ("B-LeNet test accuracy drop <= 0.5 points (thresholds from validation)", f"{100 * b['test']['drop']:.2f} points",
+         b["test"]["drop"] <= MAX_DROP + 1e-9),
+        ("B-LeNet median latency at batch 1 >= 3x the network without exits", f"{b['latency_speedup_median']:.2f}x",
+         b["latency_speedup_median"] >= TARGETS["latency_batch_1"]),
+        ("B-LeNet throughput at batch 256 >= 2x the network without exits",
+         f"{b['throughput_batch_256']['speedup']:.2f}x", b["throughput_batch_256"]["speedup"] >= 2.0),
+        (f"Calibration promise: B-LeNet test drop <= 0.5 points on every re-split at the {LEVEL:.0%} bound",
+         f"{promise:.0%} of {len(b['calibration_promise']['splits'])} splits", promise >= 1.0),
     ]
-    lines = ["| Measure | Value |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)]
+    for name, label in (("lenet", "LeNet"), ("b_lenet", "B-LeNet")):
+        for batch in ("256", "1"):
+            ratio = result["networks"][name]["achieved_over_ideal"][batch]
+            rows.append((f"{label} early exit achieved / ideal speed-up >= 0.85 at batch {batch}", f"{ratio:.2f}",
+                         ratio >= TARGETS["achieved_over_ideal"]))
+    return [{"target": t, "measured": m, "met": bool(ok)} for t, m, ok in rows]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The README section body of a :func:`run` result."""
+    nets = result["networks"]
+    names = [("lenet", "LeNet"), ("b_lenet", "B-LeNet")]
+
+    def row(label: str, fn: Any) -> str:
+        return f"| {label} | " + " | ".join(fn(nets[n]) for n, _ in names) + " |"
+
+    def pct(v: float) -> str:
+        return f"{100 * v:.2f}%"
+
+    lines = ["| Measure | " + " | ".join(label for _, label in names) + " |", "|---|---|---|",
+             row("Test accuracy: final exit / early exit", lambda r: f"{pct(r['test']['full_accuracy'])} / "
+                 f"{pct(r['test']['early_exit_accuracy'])}"),
+             row(f"Thresholds (validation, drop bound at {LEVEL:.0%})", lambda r: ", ".join(f"{t:g}" for t in r["thresholds"])
+                 + f" (bound {100 * r['validation']['drop_bound']:.2f} pts)"),
+             row("Exit shares on test (0 / 1 / final)", lambda r: " / ".join(f"{100 * s:.1f}%" for s in r["test"]["exit_shares"])),
+             row("MACs per sample: plain / early exit", lambda r: f"{r['test']['plain_macs']:,} / "
+                 f"{r['test']['average_macs']:,.0f} ({r['test']['mac_speedup']:.2f}x)")]
+    for b in ("1", "256"):
+        lines.append(row(f"Segment time at batch {b}, ms (seg 0 / 1 / 2; no exits)", lambda r, b=b: " / ".join(
+            f"{t:.3f}" for t in r["segment_time"][b]["segment_ms"]) + f"; {r['segment_time'][b]['full_ms']:.3f}"))
+        lines.append(row(f"Exit decision at batch {b}, us (exit 0 / 1)", lambda r, b=b: " / ".join(
+            f"{t:.1f}" for t in r["segment_time"][b]["decide_us"])))
+    for b in ("256", "1"):
+        lines.append(row(f"Speed-up at batch {b}: achieved / ideal S* (ratio)", lambda r, b=b: (
+            f"{r['achieved_speedup'][b]:.2f}x / {r['ideal_speedup'][b]:.2f}x (**{r['achieved_over_ideal'][b]:.2f}**)")))
+    lines += [
+        row("Throughput at batch 256: plain / early exit (paired)", lambda r: "{:,.0f} / {:,.0f} /s (**{:.2f}x**)".format(
+            *r["throughput_batch_256"]["samples_per_s_median"].values(), r["throughput_batch_256"]["speedup"])),
+        row("Latency at batch 1, ms p50/p95/p99: plain", lambda r: "{p50:.3f} / {p95:.3f} / {p99:.3f}".format(
+            **r["latency_batch_1_ms"]["plain"])),
+        row("Latency at batch 1, ms p50/p95/p99: early exit", lambda r: "{p50:.3f} / {p95:.3f} / {p99:.3f}".format(
+            **r["latency_batch_1_ms"]["early_exit"]) + f" (**{r['latency_speedup_median']:.2f}x** median)"),
+    ]
+    for size in (str(s) for s in BATCH_SIZES):
+        lines.append(row(f"Time per sample at batch {size}, us: plain / early exit", lambda r, s=size: (
+            f"{r['per_sample_us_by_batch']['plain'][s]:.1f} / {r['per_sample_us_by_batch']['early_exit'][s]:.1f}")))
+    lines.append(row(f"Re-splits with test drop <= 0.5 pts: {LEVEL:.0%} bound / observed drop", lambda r: (
+        "{bound:.0%} / {observed:.0%}".format(**r["calibration_promise"]["fraction_within_target"]))))
+    s = result["static_baseline"]
+    lat, thr = s["latency_batch_1_median_ms"], s["throughput_batch_256"]["samples_per_s_median"]
+    lines += ["", f"Smaller static network (no exits, chosen on validation: {s['rule']}): B-LeNet {s['chosen']}, "
+              f"{'meets' if s['meets_accuracy_rule'] else 'no candidate met'} the rule; test accuracy "
+              f"{pct(s['test_accuracy'])}, {s['macs']:,} MACs.", "",
+              "| | static | B-LeNet early exit |", "|---|---|---|",
+              f"| Median latency at batch 1, ms | {lat['static']:.3f} | {lat['early_exit']:.3f} |",
+              f"| Throughput at batch 256, samples/s | {thr['static']:,.0f} | {thr['early_exit']:,.0f} |"]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run (< 30 s)")
+    parser.add_argument("--quick", action="store_true", help="smoke run (< 20 s)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -264,10 +241,10 @@ def main() -> None:
     except BenchmarkSkipped as skipped:
         print(f"Early-exit benchmark skipped: {skipped}")
         return
-    machine = result["machine"]
     print(markdown(result))
-    print(f"\nmachine: {machine['cpu']}, {machine['cores']} cores, {result['machine']['torch_threads']} torch thread(s), "
-          f"torch {machine['versions']['torch']}; training {result['train_seconds']:.0f} s; "
+    print("\n" + "\n".join(f"- {t['target']}: {t['measured']} ({'met' if t['met'] else 'NOT met'})"
+                           for t in result["targets"]))
+    print(f"\n{result['seconds']:.0f} s; load average {result['load_average_start']} -> {result['load_average_end']}; "
           f"written to {args.out_dir / (NAME + '.json')}")
 
 

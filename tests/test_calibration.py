@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from kd_toolkit.early_exit import EarlyExitNetwork, average_macs, exit_macs
 from kd_toolkit.early_exit.calibration import (
     CalibrationResult,
+    accuracy_drop_bound,
     calibrate_thresholds,
     collect_exit_logits,
     measure_segment_latency,
@@ -102,8 +103,8 @@ def test_accuracy_constraint_holds_on_the_calibration_data(network, val_loader, 
 
 
 def test_a_looser_budget_saves_compute(network, val_loader):
-    strict = calibrate_thresholds(network, val_loader, max_accuracy_drop=0.0)
-    loose = calibrate_thresholds(network, val_loader, max_accuracy_drop=0.03)
+    strict = calibrate_thresholds(network, val_loader, max_accuracy_drop=0.0, confidence_level=None)
+    loose = calibrate_thresholds(network, val_loader, max_accuracy_drop=0.03, confidence_level=None)
     assert loose.average_macs < strict.average_macs < exit_macs(network)[-1]
     assert strict.accuracy >= strict.full_accuracy and strict.relative_compute < 1.0
     assert min(strict.exit_shares) > 0.0  # every exit is used
@@ -177,3 +178,51 @@ def test_latency_returns_positive_numbers(network):
     assert {row["batch_size"] for row in rows} == {1, 32} and rows[0]["device"] == "cpu"
     with pytest.raises(ValueError, match="Expected `batch_sizes` to be positive ints"):
         measure_segment_latency(network, None, batch_sizes=(0,))
+
+
+def test_drop_bound_is_the_clopper_pearson_upper_bound():
+    # P(Binomial(n, p) <= k) = 1 - level at the bound; k = 0 has the closed form 1 - (1 - level) ** (1 / n)
+    assert accuracy_drop_bound(0, 1000, 0.95) == pytest.approx(1 - 0.05 ** (1 / 1000), rel=1e-9)
+    bound = accuracy_drop_bound(3, 500, 0.9)
+    tail = sum(torch.distributions.Binomial(500, torch.tensor(bound)).log_prob(torch.tensor(float(i))).exp().item()
+               for i in range(4))
+    assert tail == pytest.approx(0.1, abs=1e-4)  # float32 log_prob
+    assert accuracy_drop_bound(3, 500, 0.99) > bound > accuracy_drop_bound(3, 500, 0.5) > 3 / 500 * 0.9
+    assert accuracy_drop_bound(0, 10, early=0) == 0.0 and accuracy_drop_bound(10, 10) == 1.0
+    for kwargs, name in [({"confidence_level": 1.0}, "confidence_level"), ({"confidence_level": 0}, "confidence_level"),
+                         ({"losses": 11}, "losses"), ({"n": 0}, "n"), ({"early": -1}, "early")]:
+        args = {"losses": 1, "n": 10, **kwargs}
+        with pytest.raises(ValueError, match=f"Expected `{name}`"):
+            accuracy_drop_bound(**args)
+
+
+@pytest.mark.parametrize("drop", [0.01, 0.03])
+def test_the_bound_is_reported_and_respected(network, val_loader, drop):
+    bounded = calibrate_thresholds(network, val_loader, max_accuracy_drop=drop, confidence_level=0.95)
+    observed = calibrate_thresholds(network, val_loader, max_accuracy_drop=drop, confidence_level=None)
+    assert bounded.confidence_level == 0.95 and observed.accuracy_drop_bound is None
+    assert bounded.full_accuracy - bounded.accuracy <= bounded.accuracy_drop_bound + 1e-9  # the bound covers it
+    assert bounded.accuracy_drop_bound <= drop + 1e-9
+    with pytest.raises(ValueError, match=r"Expected `confidence_level` to be a float in \(0, 1\)"):
+        calibrate_thresholds(network, val_loader, confidence_level=1.5)
+
+
+def test_the_promise_holds_off_the_validation_set(network):
+    """Over several validation draws, the drop on fresh data stays within the target at the bound."""
+    test_loader = DataLoader(_data(20000, seed=99), batch_size=4096)
+    drops = []
+    for seed in range(10, 15):
+        calibrate_thresholds(network, DataLoader(_data(400, seed=seed), batch_size=400), max_accuracy_drop=0.02,
+                             apply=True)
+        accuracy, _ = _predict_over(network, test_loader)
+        network.thresholds = [1.0, 1.0]
+        full, _ = _predict_over(network, test_loader)
+        drops.append(full - accuracy)
+    assert max(drops) <= 0.02, drops
+
+
+def test_a_validation_set_too_small_for_the_promise_warns_and_keeps_exits_closed(network):
+    small = DataLoader(_data(100, seed=7), batch_size=100)  # even 0 losses bound the drop at ~3% (95%)
+    with pytest.warns(UserWarning, match="100 validation samples cannot show a drop <= 0.005"):
+        result = calibrate_thresholds(network, small, max_accuracy_drop=0.005)
+    assert result.thresholds == [1.0, 1.0] and result.accuracy_drop_bound == 0.0

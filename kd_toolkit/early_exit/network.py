@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -117,6 +117,8 @@ class EarlyExitNetwork(nn.Module):
         (torch.Size([5]), torch.Size([5]), torch.Size([5, 3]))
     """
 
+    _steps: tuple[list[Any], str] | None  # predict's cached chain steps and the confidence rule they use
+
     def __init__(self, model: nn.Module, input_shape: Sequence[int],
                  neurons_in_exit_layers: int | Sequence[Sequence[int]], thresholds: Sequence[float], *,
                  confidence: ConfidenceRule = "max_prob") -> None:
@@ -139,6 +141,14 @@ class EarlyExitNetwork(nn.Module):
             self.exits.to(device=reference.device, dtype=reference.dtype)
         self.confidence: ConfidenceRule = confidence
         self.thresholds = thresholds
+        self._module_list: tuple[nn.Module, ...] = tuple(self.modules())
+
+    def train(self, mode: bool = True) -> EarlyExitNetwork:
+        """Set the training flag (``eval()`` calls this) and refresh the module list ``predict`` restores."""
+        super().train(mode)
+        self._module_list = tuple(self.modules())
+        self._steps = None
+        return self
 
     @property
     def thresholds(self) -> list[float]:
@@ -148,6 +158,7 @@ class EarlyExitNetwork(nn.Module):
     @thresholds.setter
     def thresholds(self, thresholds: Sequence[float]) -> None:
         self._thresholds = runtime.check_thresholds(thresholds, self.num_exits - 1)
+        self._steps = None  # predict's chain steps, rebuilt on next use
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """Logits of every exit, final included, for training: ``num_exits`` tensors ``(B, C)``."""
@@ -173,11 +184,20 @@ class EarlyExitNetwork(nn.Module):
         Block by block, the confident samples leave the batch and later blocks run only on the
         samples still undecided; the final exit takes the rest. Heads of exits whose threshold is
         1.0 are not run. Results are in input order, and the training flags of all submodules are
-        restored afterwards.
+        restored afterwards. The submodules and chain steps are taken at construction and at every
+        ``train()``/``eval()`` (and thresholds change): call ``eval()`` after replacing a submodule.
         """
-        steps = [functools.partial(runtime.block_step, *self._parts(i), self.confidence) for i in range(self.num_exits)]
-        with torch.no_grad(), eval_mode(self):
-            return EarlyExitPrediction(*runtime.run_chain(steps, x, self.num_classes))
+        cached = getattr(self, "_steps", None)  # absent in a network pickled before the cache existed
+        if cached is None or cached[1] != self.confidence:  # cached: batch-1 latency counts microseconds
+            cached = self._steps = ([functools.partial(runtime.block_step, *self._parts(i), self.confidence)
+                                     for i in range(self.num_exits)], self.confidence)
+        modules = getattr(self, "_module_list", None) or tuple(self.modules())
+        steps, training = cached[0], [m for m in modules if m.training]
+        with torch.no_grad():
+            if not training:  # already in eval mode: nothing to switch or restore
+                return EarlyExitPrediction(*runtime.run_chain(steps, x, self.num_classes))
+            with eval_mode(self, training):
+                return EarlyExitPrediction(*runtime.run_chain(steps, x, self.num_classes))
 
     def segments(self) -> list[EarlyExitNetworkSegmentor]:
         """One :class:`EarlyExitNetworkSegmentor` per block, sharing this network's modules."""
