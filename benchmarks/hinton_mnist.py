@@ -75,7 +75,7 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR, config: dict[str, Any]
         BenchmarkSkipped: when the MNIST files are absent.
     """
     cfg = {**(QUICK if quick else FULL), **(config or {})}
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     split, val = _mnist.hinton_split(cfg["n_train"], cfg["n_test"])
     teachers: dict[int, dict[str, Any]] = {}
     for seed in cfg["seeds"]:
@@ -93,7 +93,7 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR, config: dict[str, Any]
         "teacher": {"acc": mean_std([t["acc"] for t in teachers.values()]),
                     "val": mean_std([t["val"] for t in teachers.values()]), "per_seed": teachers},
         "students": students, "paper": PAPER, "targets": _targets(students, quick),
-        "seconds": time.perf_counter() - start,
+        "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - start_cpu,
     }
     write_json(out_dir, NAME, data)
     return data
@@ -128,8 +128,9 @@ def _student(name: str, spec: dict[str, Any], split: Split, val: Split, teachers
         train(_arm(best_t, weights), spec["search_seeds"], float(best_t), weights)
     chosen = max(settings, key=val_mean)
     train(chosen, cfg["seeds"], *settings[chosen])
-    arms = {arm: {**_summary(per_seed, runs["plain"], teachers), "temperature": settings.get(arm, (None,))[0],
-                  "weights": settings.get(arm, (None, None))[1]} for arm, per_seed in runs.items()}
+    arms = {arm: {**_summary(per_seed, runs["plain"], teachers), "val_search": val_mean(arm),
+                  "temperature": settings.get(arm, (None,))[0], "weights": settings.get(arm, (None, None))[1]}
+            for arm, per_seed in runs.items()}
     temp, weights = settings[chosen]
     return {
         "epochs": epochs, "temperatures": spec["temperatures"], "search_seeds": spec["search_seeds"], "arms": arms,
