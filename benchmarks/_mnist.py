@@ -14,7 +14,8 @@ import pytorch_lightning as pl
 from torch import nn
 from torch.utils.data import DataLoader
 
-from benchmarks._common import JitteredDataset, Split, accuracy, fit_kd_toolkit
+from benchmarks._common import JitteredDataset, Split, accuracy, fit_kd_toolkit, mnist_split
+from benchmarks._selection import carve_validation
 from kd_toolkit.data import make_loader, passthrough_collate
 from kd_toolkit.models import create_model
 
@@ -25,6 +26,9 @@ TEACHER_EPOCHS, QUICK_TEACHER_EPOCHS = 20, 2
 #: Hinton et al. put most of the weight on the soft targets.
 KD_WEIGHTS = {"kd_loss": 0.9, "hard_loss": 0.1}
 
+#: Share of the 8,000 training images carved off (stratified, seed 0) as the validation split.
+VAL_FRACTION = 0.1
+
 _TEACHERS: dict[tuple[Any, ...], tuple[nn.Module, dict[str, Any]]] = {}
 
 
@@ -34,6 +38,15 @@ def fit(student: nn.Module, teacher: nn.Module | None, loader: DataLoader, epoch
     """:func:`benchmarks._common.fit_kd_toolkit` with this recipe."""
     return fit_kd_toolkit(student, teacher, loader, epochs, seed, lr=LR, scheduler=SCHEDULER, temperature=temperature,
                           weights=(weights or KD_WEIGHTS), cached=cached, callbacks=callbacks)
+
+
+def hinton_split(n_train: int | None = None, n_test: int | None = None) -> tuple[Split, Split]:
+    """``(fit/test, fit/val)``: protocol 1's data, the 8,000/2,000 split with 10% of the 8,000 held out for choices.
+
+    Teachers and students train on the fit part (7,200 images); protocols that use the same split share the
+    memoised teachers (the split's key names it).
+    """
+    return carve_validation(mnist_split(seed=0, n_train=n_train, n_test=n_test), VAL_FRACTION, seed=0)
 
 
 def teacher_for(split: Split, seed: int, epochs: int) -> tuple[nn.Module, dict[str, Any]]:
@@ -58,11 +71,20 @@ def teacher_for(split: Split, seed: int, epochs: int) -> tuple[nn.Module, dict[s
 
 
 def train_student(split: Split, name: str, teacher: nn.Module | None, seed: int, epochs: int, *,
-                  temperature: float = 4.0, cached: bool = True) -> dict[str, Any]:
-    """Train a fresh ``name`` student (no regularisation, no jitter); ``teacher=None`` = plain training."""
+                  temperature: float = 4.0, weights: dict[str, float] | None = None, cached: bool = True,
+                  val: Split | None = None) -> dict[str, Any]:
+    """Train a fresh ``name`` student (no regularisation, no jitter); ``teacher=None`` = plain training.
+
+    Returns the test accuracy after the last epoch (``acc``), the validation accuracy (``val``, on
+    ``val.x_test`` when ``val`` is given) and the epoch timings.
+    """
     pl.seed_everything(seed, verbose=False)
     student = create_model(name)
     loader = make_loader(split.x_train, split.y_train, BATCH, shuffle=True)
-    clock = fit(student, teacher, loader, epochs, seed, temperature=temperature, cached=cached and teacher is not None)
-    return {"acc": accuracy(student, split.x_test, split.y_test), "epoch_s": clock["epoch_s"],
-            "total_s": clock["total_s"]}
+    clock = fit(student, teacher, loader, epochs, seed, temperature=temperature, weights=weights,
+                cached=cached and teacher is not None)
+    out = {"acc": accuracy(student, split.x_test, split.y_test), "epoch_s": clock["epoch_s"],
+           "cpu_epoch_s": clock["cpu_epoch_s"], "total_s": clock["total_s"]}
+    if val is not None:
+        out["val"] = accuracy(student, val.x_test, val.y_test)
+    return out

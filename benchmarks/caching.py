@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 
 from benchmarks import _mnist
-from benchmarks._common import RESULTS_DIR, StepLosses, interleave, median, mnist_split, write_json
+from benchmarks._common import RESULTS_DIR, StepLosses, interleave, median, write_json
 from kd_toolkit.data import make_loader
 from kd_toolkit.models import create_model
 
@@ -43,7 +43,7 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR, config: dict[str, Any]
         config: overrides of :data:`FULL` / :data:`QUICK` keys.
     """
     cfg = {**(QUICK if quick else FULL), **(config or {})}
-    split = mnist_split(seed=0, n_train=cfg["n_train"], n_test=None if cfg["n_train"] is None else 1000)
+    split = _mnist.hinton_split(cfg["n_train"], None if cfg["n_train"] is None else 1000)[0]  # protocol 1's teachers
     teacher, teacher_info = _mnist.teacher_for(split, 0, cfg["teacher_epochs"])
     pl.seed_everything(0, verbose=False)
     template = create_model(STUDENT)

@@ -32,7 +32,6 @@ from benchmarks._common import (
     accuracy,
     mean_std,
     median,
-    mnist_split,
     write_json,
 )
 from kd_toolkit.data import TensorBatchDataset, passthrough_collate
@@ -115,7 +114,7 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR, config: dict[str, Any]
     """
     torchdistill, _ = _import_torchdistill()
     cfg = {**(QUICK if quick else FULL), **(config or {})}
-    split = mnist_split(seed=0, n_train=cfg["n_train"], n_test=cfg["n_test"])
+    split = _mnist.hinton_split(cfg["n_train"], cfg["n_test"])[0]  # protocol 1's data and teachers
     temp, epochs = float(cfg["temperature"]), cfg["epochs"]
     per_seed: dict[int, dict[str, Any]] = {}
     for seed in cfg["seeds"]:
