@@ -115,8 +115,8 @@ def overhead_table(r: dict[str, Any]) -> str:
     if w:
         k, p = w["arms"]["kd_toolkit"], w["arms"]["plain"]
         lines += [
-            "", f"**Whole run** ({w['epochs']} epochs, {w['threads']} torch threads, {w['n_train']} training / {w['n_val']} "
-            f"validation images, {w['repeats']} interleaved repeats after a warm-up): one "
+            "", f"**Whole run** ({w['epochs']} epochs, {w['threads']} torch thread(s), {w['n_train']} training / {w['n_val']} "
+            f"validation images, {w['repeats']} interleaved repeat(s) after {w.get('warmup_rounds', 1)} warm-up round(s)): one "
             "`KnowledgeDistillationTraining(...).fit()` with its defaults (sanity check, model summary, validation "
             "every epoch, best and last checkpoints, `metrics.csv`; progress bar off, `track_grad_norm=None`) from the "
             "constructor call to `fit`'s return, against a plain loop that validates, `torch.save`s a checkpoint and "
