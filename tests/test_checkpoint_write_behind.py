@@ -34,6 +34,7 @@ def test_the_orchestrator_writes_behind_and_every_file_is_in_place_when_fit_retu
     kd.fit()
     names = sorted(p.name for p in kd.checkpoint_dir.iterdir())
     assert "last.ckpt" in names and "best.ckpt" in names and not [n for n in names if n.endswith(".tmp")]
+    assert io._executor is None  # the worker thread ended with fit
     for path in (kd.best_checkpoint, kd.last_checkpoint, str(kd.checkpoint_dir / "best.ckpt")):
         assert io.load_checkpoint(path)["epoch"] in (0, 1)  # complete, digest checked
     assert torch.load(kd.last_checkpoint, weights_only=True)["epoch"] == 1

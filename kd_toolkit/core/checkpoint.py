@@ -143,7 +143,12 @@ class SafeCheckpointIO(TorchCheckpointIO):
         return checkpoint
 
     def teardown(self) -> None:
-        self.settle()
+        executor, self._executor = self._executor, None  # the worker thread ends with the run (a new one if reused)
+        try:
+            self.settle()
+        finally:
+            if executor is not None:
+                executor.shutdown(wait=True)
         super().teardown()
 
 
