@@ -36,6 +36,15 @@ def kd_loss(s_logits: Tensor, t_logits: Tensor, y: Tensor) -> Tensor:
     return WEIGHTS["hard_loss"] * F.cross_entropy(s_logits, y) + WEIGHTS["kd_loss"] * soft
 
 
+def plain_step(student: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, t_logits: Tensor, y: Tensor) -> Tensor:
+    """One optimisation step of the plain loops; returns the step's loss, detached."""
+    loss = kd_loss(student(x), t_logits, y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 class _Phases(pl.Callback):
     """Wall and CPU stamps at the hooks that bound each phase of a run (no per-step work)."""
 
@@ -115,11 +124,7 @@ def whole_plain(student: nn.Module, teacher: nn.Module, loaders: tuple[Any, Any]
             for x, y in train_loader:
                 with torch.no_grad():
                     t_logits = teacher(x)  # (B, C)
-                loss = kd_loss(student(x), t_logits, y)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach() * len(y)
+                loss_sum += plain_step(student, optimizer, x, t_logits, y) * len(y)
                 count += len(y)
             phases.mark("val")
             student.eval()

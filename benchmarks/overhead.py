@@ -43,7 +43,7 @@ from benchmarks._common import (
     quiet_trainer_kwargs,
     write_json,
 )
-from benchmarks._overhead_run import BATCH, LR, TEMPERATURE, WEIGHTS, WHOLE_RUN, kd_loss, run_whole
+from benchmarks._overhead_run import BATCH, LR, TEMPERATURE, WEIGHTS, WHOLE_RUN, kd_loss, plain_step, run_whole
 from kd_toolkit import KnowledgeDistillationTraining
 from kd_toolkit.data import make_loader, with_sample_indices
 from kd_toolkit.models import create_model
@@ -81,14 +81,11 @@ def plain_loop(student: nn.Module, teacher: nn.Module, loader: Any, epochs: int,
                 x, y = batch
                 with torch.no_grad():
                     t_logits = teacher(x)  # (B, C)
-            loss = kd_loss(student(x), t_logits, y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(y)
+            loss = plain_step(student, optimizer, x, t_logits, y)
+            loss_sum += loss * len(y)
             count += len(y)
             if step_losses is not None:
-                step_losses.append(float(loss.detach()))
+                step_losses.append(float(loss))
         clock.losses.append(float(loss_sum / count))
         clock.stamp()
     return clock.summary()
