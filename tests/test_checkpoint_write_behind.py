@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import threading
 from pathlib import Path
 
 import pytest
@@ -27,21 +28,33 @@ def _run(tmp_path, loaders, **kwargs):
     return KnowledgeDistillationTraining(**{**base, **kwargs})
 
 
-def test_the_orchestrator_writes_behind_and_every_file_is_in_place_when_fit_returns(tmp_path, loaders):
+def test_the_orchestrator_writes_behind_and_every_file_is_in_place_when_fit_returns(tmp_path, loaders, monkeypatch):
+    real_commit, threads = ckpt_module.commit_staged, []
+
+    def commit(tmp, path):
+        threads.append(threading.current_thread().name)
+        return real_commit(tmp, path)
+
+    monkeypatch.setattr(ckpt_module, "commit_staged", commit)
     kd = _run(tmp_path, loaders)
     io = kd.trainer.strategy.checkpoint_io
     assert isinstance(io, SafeCheckpointIO) and io.write_behind
     kd.fit()
+    assert threads and all(name.startswith("kd_toolkit-checkpoint") for name in threads)  # fsync off the trainer's thread
     names = sorted(p.name for p in kd.checkpoint_dir.iterdir())
     assert "last.ckpt" in names and "best.ckpt" in names and not [n for n in names if n.endswith(".tmp")]
     assert io._executor is None  # the worker thread ended with fit
     for path in (kd.best_checkpoint, kd.last_checkpoint, str(kd.checkpoint_dir / "best.ckpt")):
         assert io.load_checkpoint(path)["epoch"] in (0, 1)  # complete, digest checked
     assert torch.load(kd.last_checkpoint, weights_only=True)["epoch"] == 1
+    manual = tmp_path / "manual.ckpt"
+    kd.trainer.save_checkpoint(manual)  # outside a fit a save is synchronous: the file is there at once
+    assert manual.is_file() and io.load_checkpoint(manual)["epoch"] == 1
 
 
 def test_queued_steps_keep_their_order_and_loads_wait_for_them(tmp_path):
     io = SafeCheckpointIO(write_behind=True)
+    io.begin_fit()
     a, b = tmp_path / "a.ckpt", tmp_path / "b.ckpt"
     state = {"state_dict": {"w": torch.arange(4.0)}, "global_step": 3}
     io.save_checkpoint(state, a)
@@ -52,7 +65,7 @@ def test_queued_steps_keep_their_order_and_loads_wait_for_them(tmp_path):
     io.settle()
     assert not a.exists() and b.is_file() and not list(tmp_path.glob("*.tmp"))
     clone = pickle.loads(pickle.dumps(io))  # spawned DDP workers get a copy, without the thread
-    assert clone.write_behind and clone._executor is None
+    assert clone.write_behind and clone._executor is None and not clone._active
 
 
 def test_a_durability_step_that_fails_behind_training_leaves_complete_files_and_paths(tmp_path, loaders, monkeypatch):

@@ -32,7 +32,8 @@ __all__ = ["InterruptCheckpoint", "LastCheckpoint", "MonitorCheck", "SafeCheckpo
 class SafeCheckpointIO(TorchCheckpointIO):
     """Atomic, digested checkpoint files; safe (``weights_only``) loading.
 
-    With ``write_behind=True`` (what :class:`~kd_toolkit.KnowledgeDistillationTraining` uses) a save serialises
+    With ``write_behind=True`` (what :class:`~kd_toolkit.KnowledgeDistillationTraining` uses), during a ``fit`` with a
+    :class:`SafeModelCheckpoint` (saves outside a fit stay synchronous), a save serialises
     the checkpoint into its temporary file at once, and a worker thread then makes it durable (``fsync``) and
     renames it into place while training goes on; links and removals queue behind it, so the files on disk go
     through exactly the states of a synchronous save, in the same order, just later. Every load, the end of
@@ -55,6 +56,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         self._reset_queue()
 
     def _reset_queue(self) -> None:
+        self._active = False  # deferring only while a `fit` runs (see `begin_fit`): a save outside one is synchronous
         self._executor: ThreadPoolExecutor | None = None
         self._pending: list[Future[None]] = []
         self._failure: BaseException | None = None
@@ -62,7 +64,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
     def __getstate__(self) -> dict[str, Any]:  # spawned DDP workers get a copy: without the thread and queue
         state = dict(self.__dict__)
-        for key in ("_executor", "_pending", "_failure", "_undo"):
+        for key in ("_active", "_executor", "_pending", "_failure", "_undo"):
             state.pop(key, None)
         return state
 
@@ -71,7 +73,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         self._reset_queue()
 
     def _submit(self, step: Callable[[], Any], cleanup: Callable[[], Any] | None = None) -> None:
-        if not self.write_behind:
+        if not (self.write_behind and self._active):
             step()
             return
         if self._executor is None:
@@ -88,6 +90,10 @@ class SafeCheckpointIO(TorchCheckpointIO):
             self._failure = err
         if cleanup is not None:
             cleanup()
+
+    def begin_fit(self) -> None:
+        """Defer the durability steps from now until ``teardown`` (called when a fit starts, by SafeModelCheckpoint)."""
+        self._active = self.write_behind
 
     def remember_state(self, callback: ModelCheckpoint, state: dict[str, Any]) -> None:
         """Keep ``state`` (taken before ``callback`` queued its saves) to restore if a queued step fails."""
@@ -143,7 +149,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         return checkpoint
 
     def teardown(self) -> None:
-        executor, self._executor = self._executor, None  # the worker thread ends with the run (a new one if reused)
+        executor, self._executor, self._active = self._executor, None, False  # the worker thread ends with the fit
         try:
             self.settle()
         finally:
@@ -170,6 +176,12 @@ class SafeModelCheckpoint(ModelCheckpoint):
         self.best_alias = best_alias if self.monitor is not None and self.save_top_k == 1 else None
         given = inspect.signature(ModelCheckpoint.__init__).bind_partial(self, *args, **kwargs).arguments
         self._saves_on_batches = bool(given.get("every_n_train_steps")) or given.get("train_time_interval") is not None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        io = _safe_io(trainer)
+        if io is not None and stage == "fit":
+            io.begin_fit()
 
     def _guarded(self, hook: Callable[..., None], trainer: pl.Trainer, *args: Any) -> None:
         io = _safe_io(trainer)
@@ -257,9 +269,9 @@ class InterruptCheckpoint(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if trainer.global_step == 0:  # nothing trained yet (e.g. bad input found by a check): nothing to keep
             return
-        trainer.save_checkpoint(self.ckpt_path)
         io = _safe_io(trainer)
-        try:
+        try:  # a failing disk: say so, and let the exception that stopped training propagate
+            trainer.save_checkpoint(self.ckpt_path)
             if io is not None:
                 io.settle()  # say "written" only once it is on disk
         except OSError as err:
