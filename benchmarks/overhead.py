@@ -252,7 +252,9 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR, cases: list[str] | Non
             data["whole_run"] = run_whole(QUICK_WHOLE["epochs"], QUICK_WHOLE["repeats"], QUICK_WHOLE["n_train"],
                                           torch.get_num_threads(), warmup=0)
         else:
-            data["whole_run"] = run_whole(WHOLE_RUN["epochs"], WHOLE_RUN["repeats"], None, WHOLE_RUN["threads"])
+            # the per-epoch cases above already warmed this process up (lazy imports, allocator): no warm-up round then
+            data["whole_run"] = run_whole(WHOLE_RUN["epochs"], WHOLE_RUN["repeats"], None, WHOLE_RUN["threads"],
+                                          warmup=0 if results else 1)
     data["targets"] = targets(data)
     data["load_average_end"] = machine_info()["load_average"]
     write_json(out_dir, NAME, data)
