@@ -25,8 +25,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DIGEST_KEY", "atomic_link", "atomic_write", "check_digest", "file_digest", "load_torch", "load_weights", "save_torch",
-           "state_digest", "write_json", "write_text"]
+__all__ = ["DIGEST_KEY", "atomic_link", "atomic_write", "check_digest", "commit_staged", "file_digest", "load_torch",
+           "load_weights", "save_torch", "stage_write", "state_digest", "write_json", "write_text"]
 
 #: Permissions of the files we write (temporary files start as 0600): ordinary ``rw-r--r--`` less the umask.
 _FILE_MODE = 0o666
@@ -44,12 +44,30 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
     Raises whatever ``write`` raises (or ``OSError`` from the file system); ``path`` is then untouched and
     no temporary file is left behind.
     """
+    return commit_staged(stage_write(path, write), path)
+
+
+def stage_write(path: str | Path, write: Callable[[str], Any]) -> str:
+    """The first half of :func:`atomic_write`: ``write(tmp_path)`` on a new temporary file beside ``path``; returns
+    that file's name (not yet durable, not yet visible as ``path``; on failure it is removed and the error raised).
+    Pass it to :func:`commit_staged`, or remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def commit_staged(tmp: str, path: str | Path) -> Path:
+    """The second half of :func:`atomic_write`: ``fsync`` the staged file ``tmp``, then ``os.replace`` it onto
+    ``path`` (a reader sees the old file or the new one, never half of one, even after a crash); on failure
+    ``tmp`` is removed and ``path`` is untouched."""
+    try:
         with open(tmp, "rb+") as handle:  # the data reaches the disk before the rename makes it visible
             os.fsync(handle.fileno())
         os.chmod(tmp, _FILE_MODE & ~_umask())
@@ -57,7 +75,7 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+    return Path(path)
 
 
 def atomic_link(source: str | Path, path: str | Path) -> Path:
@@ -176,7 +194,7 @@ def state_digest(state_dict: Mapping[str, Any]) -> str:
         if isinstance(value, torch.Tensor):
             tensor = value.detach().cpu().contiguous()
             digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)  # the tensor's own bytes, not a copy
         else:
             digest.update(repr(value).encode())
     return "sha256:" + digest.hexdigest()

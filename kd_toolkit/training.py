@@ -234,7 +234,7 @@ class KnowledgeDistillationTraining:
         # so a constructor that fails below leaves no empty version_N/ folder behind
         all_callbacks = self._callbacks(callbacks, checkpointing, monitor, monitor_mode, scheduler_method,
                                         trainer_kwargs.get("enable_progress_bar", True) is not False)
-        trainer_kwargs["plugins"] = [*_as_list(trainer_kwargs.get("plugins")), SafeCheckpointIO()]
+        trainer_kwargs["plugins"] = [*_as_list(trainer_kwargs.get("plugins")), SafeCheckpointIO(write_behind=True)]
         trainer_kwargs.setdefault("log_every_n_steps", _logging_interval(self.train_loader))
         trainer_kwargs.setdefault("enable_model_summary", not quiet)
         with quiet_lightning(quiet):

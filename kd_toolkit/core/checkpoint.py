@@ -10,8 +10,11 @@ file that was not written.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -20,7 +23,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_warn
 
-from kd_toolkit._io import DIGEST_KEY, atomic_link, atomic_write, check_digest, load_torch, state_digest
+from kd_toolkit._io import DIGEST_KEY, atomic_link, check_digest, commit_staged, load_torch, stage_write, state_digest
 
 __all__ = ["InterruptCheckpoint", "LastCheckpoint", "MonitorCheck", "SafeCheckpointIO", "SafeModelCheckpoint",
            "last_checkpoint_path"]
@@ -28,6 +31,15 @@ __all__ = ["InterruptCheckpoint", "LastCheckpoint", "MonitorCheck", "SafeCheckpo
 
 class SafeCheckpointIO(TorchCheckpointIO):
     """Atomic, digested checkpoint files; safe (``weights_only``) loading.
+
+    With ``write_behind=True`` (what :class:`~kd_toolkit.KnowledgeDistillationTraining` uses), during a ``fit`` with a
+    :class:`SafeModelCheckpoint` (saves outside a fit stay synchronous), a save serialises
+    the checkpoint into its temporary file at once, and a worker thread then makes it durable (``fsync``) and
+    renames it into place while training goes on; links and removals queue behind it, so the files on disk go
+    through exactly the states of a synchronous save, in the same order, just later. Every load, the end of
+    ``fit`` (``teardown``) and :meth:`settle` wait for the queue. A step that fails there (e.g. ``fsync`` on a
+    full disk) cancels the steps queued after it, puts the paths of the :class:`SafeModelCheckpoint` callbacks
+    back on the files that are complete, and is raised by the next checkpoint hook or at the end of ``fit``.
 
     Example:
         >>> io = SafeCheckpointIO()
@@ -37,29 +49,118 @@ class SafeCheckpointIO(TorchCheckpointIO):
         [1.0, 1.0]
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, write_behind: bool = False) -> None:
         super().__init__()
+        self.write_behind = write_behind
         self._previous: tuple[Any, str, str] | None = None  # (global step, digest, path) of the last file written
+        self._reset_queue()
+
+    def _reset_queue(self) -> None:
+        self._active = False  # deferring only while a `fit` runs (see `begin_fit`): a save outside one is synchronous
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: list[Future[None]] = []
+        self._failure: BaseException | None = None
+        self._undo: dict[int, tuple[ModelCheckpoint, dict[str, Any]]] = {}  # states that name only durable files
+
+    def __getstate__(self) -> dict[str, Any]:  # spawned DDP workers get a copy: without the thread and queue
+        state = dict(self.__dict__)
+        for key in ("_active", "_executor", "_pending", "_failure", "_undo"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_queue()
+
+    def _submit(self, step: Callable[[], Any], cleanup: Callable[[], Any] | None = None) -> None:
+        if not (self.write_behind and self._active):
+            step()
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kd_toolkit-checkpoint")
+        self._pending = [f for f in self._pending if not f.done()]
+        self._pending.append(self._executor.submit(self._run_step, step, cleanup))
+
+    def _run_step(self, step: Callable[[], Any], cleanup: Callable[[], Any] | None) -> None:
+        try:
+            if self._failure is None:  # after a failed step, none of the later ones may change the files
+                step()
+                return
+        except BaseException as err:  # noqa: BLE001  # kept, and raised in the trainer's thread by `settle`
+            self._failure = err
+        if cleanup is not None:
+            cleanup()
+
+    def begin_fit(self) -> None:
+        """Defer the durability steps from now until ``teardown`` (called when a fit starts, by SafeModelCheckpoint)."""
+        self._active = self.write_behind
+
+    def remember_state(self, callback: ModelCheckpoint, state: dict[str, Any]) -> None:
+        """Keep ``state`` (taken before ``callback`` queued its saves) to restore if a queued step fails."""
+        if not any(not f.done() for f in self._pending) and self._failure is None:
+            self._undo.clear()  # everything queued so far is on disk: older states are no longer needed
+        self._undo.setdefault(id(callback), (callback, state))
+
+    def settle(self, wait: bool = True) -> None:
+        """Wait for the queued steps (``wait=False``: only look); raise the first that failed, after putting every
+        :class:`SafeModelCheckpoint` that queued steps since back on the paths of complete files."""
+        if wait:
+            for future in self._pending:
+                future.result()
+            self._pending = []
+        failure = self._failure
+        if failure is None:
+            return
+        for callback, state in self._undo.values():
+            callback.load_state_dict(state)
+        self._undo.clear()
+        self._failure, self._previous = None, None
+        raise failure
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take `storage_options`, but got {storage_options!r}.")
         digest = state_digest(checkpoint.get("state_dict", {}))
-        step, previous = checkpoint.get("global_step"), self._previous
-        if previous is not None and previous[:2] == (step, digest) and os.path.isfile(previous[2]):
-            atomic_link(previous[2], path)  # the same weights at the same step (best and last): one write, two names
+        step, previous, target = checkpoint.get("global_step"), self._previous, os.fspath(path)
+        if previous is not None and previous[:2] == (step, digest) and (self.write_behind or os.path.isfile(previous[2])):
+            self._submit(lambda: atomic_link(previous[2], target))  # the same weights at the same step: one file
             return
         checkpoint = {**checkpoint, DIGEST_KEY: digest}
-        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
-        self._previous = (step, digest, os.fspath(path))
+        tmp = stage_write(target, lambda name: torch.save(checkpoint, name))  # the weights as they are now
+        self._submit(lambda: commit_staged(tmp, target), cleanup=lambda: Path(tmp).unlink(missing_ok=True))
+        self._previous = (step, digest, target)
+
+    def link(self, source: str, path: str) -> None:
+        """``path`` becomes another name of ``source`` (queued behind the writes; nothing when ``source`` is absent)."""
+        self._submit(lambda: atomic_link(source, path) if os.path.isfile(source) else None)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        if self._previous is not None and self._previous[2] == os.fspath(path):
+            self._previous = None
+        self._submit(lambda: super(SafeCheckpointIO, self).remove_checkpoint(path))
 
     def load_checkpoint(self, path: Any, map_location: Callable[..., Any] | Any = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
         if weights_only is False:
             raise ValueError("kd_toolkit loads checkpoints with `weights_only=True` only (no pickled code is run).")
+        self.settle()
         checkpoint = load_torch(path, what="checkpoint")
         check_digest(checkpoint, path)
         return checkpoint
+
+    def teardown(self) -> None:
+        executor, self._executor, self._active = self._executor, None, False  # the worker thread ends with the fit
+        try:
+            self.settle()
+        finally:
+            if executor is not None:
+                executor.shutdown(wait=True)
+        super().teardown()
+
+
+def _safe_io(trainer: pl.Trainer) -> SafeCheckpointIO | None:
+    io = trainer.strategy.checkpoint_io
+    return io if isinstance(io, SafeCheckpointIO) else None
 
 
 class SafeModelCheckpoint(ModelCheckpoint):
@@ -73,27 +174,51 @@ class SafeModelCheckpoint(ModelCheckpoint):
     def __init__(self, *args: Any, best_alias: str | None = "best.ckpt", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.best_alias = best_alias if self.monitor is not None and self.save_top_k == 1 else None
+        given = inspect.signature(ModelCheckpoint.__init__).bind_partial(self, *args, **kwargs).arguments
+        self._saves_on_batches = bool(given.get("every_n_train_steps")) or given.get("train_time_interval") is not None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        io = _safe_io(trainer)
+        if io is not None and stage == "fit":
+            io.begin_fit()
 
     def _guarded(self, hook: Callable[..., None], trainer: pl.Trainer, *args: Any) -> None:
+        io = _safe_io(trainer)
+        if io is not None:
+            io.settle(wait=False)  # a queued write that failed since: raised here, paths already put back
         before = {**self.state_dict(), "best_k_models": dict(self.best_k_models)}  # a copy: saving mutates it
         try:
             hook(trainer, *args)
         except BaseException:
             self.load_state_dict(before)  # paths and scores as they were: they name complete files
             raise
+        if io is not None:
+            io.remember_state(self, before)
         if self.best_model_path != before["best_model_path"]:
-            self._copy_to_alias(trainer)
+            self._copy_to_alias(trainer, io)
 
-    def _copy_to_alias(self, trainer: pl.Trainer) -> None:
+    def _copy_to_alias(self, trainer: pl.Trainer, io: SafeCheckpointIO | None) -> None:
         best = self.best_model_path
-        if not self.best_alias or not best or not trainer.is_global_zero or not os.path.isfile(best):
+        if not self.best_alias or not best or not trainer.is_global_zero:
             return
         alias = os.path.join(os.path.dirname(best), self.best_alias)
-        if os.path.abspath(alias) != os.path.abspath(best):  # a hard link: no second copy of the file
+        if os.path.abspath(alias) == os.path.abspath(best):
+            return
+        if io is not None:  # a hard link, no second copy, once the best file is in place
+            io.link(best, alias)
+        elif os.path.isfile(best):
             atomic_link(best, alias)
 
+    def file_exists(self, filepath: Any, trainer: pl.Trainer) -> bool:
+        io = _safe_io(trainer)
+        if io is not None:  # a queued file counts once it is in place (Lightning adds "-v1" to a name in use)
+            io.settle()
+        return bool(super().file_exists(filepath, trainer))
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        self._guarded(super().on_train_batch_end, trainer, pl_module, *args)
+        if self._saves_on_batches:  # otherwise Lightning's hook saves nothing: no guard needed on every step
+            self._guarded(super().on_train_batch_end, trainer, pl_module, *args)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._guarded(super().on_train_epoch_end, trainer, pl_module)
@@ -144,7 +269,15 @@ class InterruptCheckpoint(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if trainer.global_step == 0:  # nothing trained yet (e.g. bad input found by a check): nothing to keep
             return
-        trainer.save_checkpoint(self.ckpt_path)
+        io = _safe_io(trainer)
+        try:  # a failing disk: say so, and let the exception that stopped training propagate
+            trainer.save_checkpoint(self.ckpt_path)
+            if io is not None:
+                io.settle()  # say "written" only once it is on disk
+        except OSError as err:
+            rank_zero_warn(f"Training stopped ({type(exception).__name__}); the resumable checkpoint "
+                           f"{self.ckpt_path!r} could not be written ({err}).")
+            return
         rank_zero_warn(f"Training stopped ({type(exception).__name__}); a resumable checkpoint was written to "
                        f"{self.ckpt_path!r}: pass it as `resume_from_checkpoint` to continue.")
 

@@ -20,7 +20,8 @@ def rng_state() -> dict[str, Any]:
     np_state: Any = np.random.get_state()
     return {
         "torch": torch.random.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+        # `is_initialized` first: it is free, while `is_available` can query the driver (milliseconds per checkpoint)
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() and torch.cuda.is_available() else [],
         "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
         "python": random.getstate(),
     }
