@@ -184,7 +184,7 @@ class FitNetMNIST(nn.Module):
         self.hint_layer = f"features.{depth // 2}"
         if init == "xavier":
             for module in self.modules():
-                if isinstance(module, (nn.Conv2d, nn.Linear)):
+                if isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
                     nn.init.xavier_uniform_(module.weight)
                     nn.init.zeros_(module.bias)
 
