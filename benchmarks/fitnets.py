@@ -81,6 +81,19 @@ def _data(settings: dict[str, Any]) -> dict[str, torch.Tensor]:
             "y_val": split.y_train[val_idx], "x_test": split.x_test, "y_test": split.y_test}
 
 
+def kd_weight(schedule: tuple[int, float, float], epoch: int, max_epochs: int) -> float:
+    """The ``kd_loss`` weight at ``epoch``: the paper's lambda, annealed linearly from ``start`` (epoch ``first``)
+    to ``end`` (the last epoch), divided by ``T**2``.
+
+    The paper's lambda weights the soft cross-entropy ``H(P_T^tau, P_S^tau)``; kd_toolkit's ``kd_loss`` is
+    ``T**2``-scaled (Hinton), so the same balance of gradients needs ``lambda / T**2``.
+    """
+    first, start, end = schedule
+    span = max(1, max_epochs - 1 - first)
+    lam = start + (end - start) * min(1.0, max(0.0, (epoch - first) / span))
+    return lam / HPARAMS["temperature"] ** 2
+
+
 def _callbacks(data: dict[str, torch.Tensor], schedule: tuple[int, float, float] | None) -> list[Any]:
     """Per-epoch validation/test error of the student and, for KD arms, the annealed lambda (kd_loss weight)."""
     import pytorch_lightning as pl
@@ -95,17 +108,16 @@ def _callbacks(data: dict[str, torch.Tensor], schedule: tuple[int, float, float]
 
         def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             if schedule is None:
-                return self.lambdas.append(None)
-            first, start, end = schedule  # lambda goes linearly from start to end over epochs first .. max-1
-            span = max(1, (trainer.max_epochs or 1) - 1 - first)
-            value = start + (end - start) * min(1.0, max(0.0, (trainer.current_epoch - first) / span))
+                self.lambdas.append(None)
+                return
+            value = kd_weight(schedule, trainer.current_epoch, trainer.max_epochs or 1)
             if isinstance(pl_module, FitNetsModule):
                 pl_module.alpha = value  # stage 2's weight
                 if pl_module.stage == "joint":
                     pl_module.loss_weights = {**pl_module.loss_weights, "kd_loss": value}
             else:
                 pl_module.loss_weights = {**pl_module.loss_weights, "kd_loss": value}
-            self.lambdas.append(round(value, 3) if trainer.current_epoch >= first else None)
+            self.lambdas.append(round(value, 3) if trainer.current_epoch >= schedule[0] else None)
 
         def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             student = pl_module.student
@@ -135,7 +147,7 @@ def _fit(module: Any, data: dict[str, torch.Tensor], epochs: int, seed: int, *, 
         wall, cpu = time.time() - start, time.process_time() - cpu
     errors = callbacks[0]
     best = min(range(len(errors.val)), key=lambda e: (errors.val[e], e))  # lowest validation error, earliest
-    return {"val_curve": errors.val, "test_curve": errors.test, "lambda": errors.lambdas, "best_epoch": best + 1,
+    return {"val_curve": errors.val, "test_curve": errors.test, "kd_weight": errors.lambdas, "best_epoch": best + 1,
             "val_error_pct": errors.val[best], "test_error_pct": errors.test[best],
             "last_test_error_pct": errors.test[-1], "last_val_error_pct": errors.val[-1],
             "time_s": round(wall, 1), "cpu_s": round(cpu, 1)}
@@ -153,11 +165,11 @@ def _module(arm: str, teacher: torch.nn.Module | None, lr: float, hint_epochs: i
     if arm == "plain":
         return DistillationModule(student, None, **common)
     if arm == "kd":
-        return DistillationModule(student, teacher, loss_weights={"hard_loss": 1.0, "kd_loss": h["lambda_start"]},
+        return DistillationModule(student, teacher, loss_weights={"hard_loss": 1.0, "kd_loss": 1.0},
                                   cache_teacher_outputs=True, **common)
     stage = "joint" if arm == "fitnets_joint" else "two_stage"
     return FitNetsModule(student, teacher, dict(HINTS), input_shape=[1, 28, 28], stage=stage, hint_epochs=hint_epochs,
-                         alpha=h["lambda_start"], beta=h["beta"], **common)
+                         alpha=1.0, beta=h["beta"], **common)  # alpha: set per epoch
 
 
 def _train_arm(arm: str, teacher: Any, data: dict[str, torch.Tensor], lr: float, epochs: int, hint_epochs: int,
@@ -311,8 +323,9 @@ def readme_section(results: dict[str, Any]) -> str:
         f"{teacher['last_test_error_pct']:.2f}%. Students: {s['epochs']} epochs per arm (two-stage: "
         f"{s['hint_epochs']} hint + {s['epochs'] - s['hint_epochs']} KD epochs), seeds {s['seeds']}, the same "
         f"student initialisation in every arm; SGD momentum {h['momentum']}, weight decay {h['weight_decay']}, cosine "
-        f"schedule per phase, batch {h['batch_size']}, T = {h['temperature']}, KD weight lambda annealed linearly "
-        f"{h['lambda_start']} → {h['lambda_end']} over the KD epochs, hint weight beta = {h['beta']} (one-stage).",
+        f"schedule per phase, batch {h['batch_size']}, T = {h['temperature']}, the paper's KD weight lambda annealed "
+        f"linearly {h['lambda_start']} → {h['lambda_end']} over the KD epochs (on the unscaled soft cross-entropy, "
+        f"so the `kd_loss` weight is lambda / T²), hint weight beta = {h['beta']} (one-stage).",
         "",
         f"How the student was chosen: {results['student_choice']}",
         "",
