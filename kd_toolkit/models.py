@@ -1,8 +1,8 @@
 """THE model registry of kd_toolkit (timm-style, ``timm/models/_registry.py``) and the small reference models.
 
 Every reference model registers here with :func:`register_model`, whatever method it serves: the MLPs
-and CNNs below, the FitNets models (``ResNet18``, ``ResNet50``, ``MultiBranchNet``, ``ThinDeepCNN``,
-``WideCNN`` in :mod:`kd_toolkit.fitnets.models`) and the early-exit models
+and CNNs below, the FitNets models (``ResNet18``, ``ResNet50``, ``MultiBranchNet``, ``ThinDeepCNN``, ``FitNetMNIST``,
+``FitNetTeacherMNIST``, ``WideCNN`` in :mod:`kd_toolkit.fitnets.models`) and the early-exit models
 (:mod:`kd_toolkit.early_exit.models`). Those method modules are imported on the first lookup of a name
 not registered yet and by :func:`list_models`, so ``import kd_toolkit.models`` stays cheap (no
 torchvision).

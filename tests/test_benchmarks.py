@@ -53,3 +53,33 @@ def test_overhead_arms_give_the_plain_loops_losses():
     case = overhead.run_case("tiny", "mnist_student_30", cached=True, epochs=2, repeats=1, n_train=300)
     assert case["losses_agree_5dp"], (case["max_step_loss_diff"], case["max_epoch_loss_diff"])
     assert set(case["arms"]) == {"plain", "lightning", "kd_toolkit"} and case["steps_per_epoch"] == 3
+
+
+@pytest.mark.skipif(not HAS_MNIST, reason="MNIST files absent")
+def test_fitnets_benchmark_smoke(tmp_path):
+    """benchmarks/fitnets.py on a tiny subset: curves per epoch, choice on validation, targets, README section."""
+    from benchmarks import fitnets
+
+    result = fitnets.run(quick=True, out_dir=tmp_path, train=256, val=128, test=128, seeds=(0, 1))
+    assert json.loads((tmp_path / "fitnets.json").read_text())["arms"].keys() == set(fitnets.ARMS)
+    assert (result["n_train"], result["n_val"], result["n_test"]) == (256, 128, 128)
+    for arm in fitnets.ARMS:
+        runs = result["arms"][arm]["runs"]
+        assert [r["seed"] for r in runs] == [0, 1]
+        for r in runs:
+            assert len(r["val_curve"]) == len(r["test_curve"]) == 2
+            assert r["val_error_pct"] == min(r["val_curve"]) and r["test_error_pct"] == r["test_curve"][r["best_epoch"] - 1]
+    assert [t["met"] in (True, False) for t in result["targets"]] == [True, True, True]
+    assert result["arms"]["fitnets_two_stage"]["runs"][0]["kd_weight"] == [None, 0.25]  # hint, then KD
+    section = fitnets.readme_section(result)
+    assert section.startswith("## FitNets") and "| FitNets, two-stage (paper) |" in section
+    fitnets.write_readme(result, tmp_path / "README.md")
+    assert (tmp_path / "README.md").read_text().count("## FitNets") == 1
+
+
+def test_fitnets_kd_weight_anneals_the_papers_lambda():
+    from benchmarks.fitnets import kd_weight
+
+    t2 = 16.0  # T = 4
+    assert [kd_weight((0, 4.0, 1.0), e, 4) * t2 for e in range(4)] == [4.0, 3.0, 2.0, 1.0]
+    assert [kd_weight((2, 4.0, 1.0), e, 5) * t2 for e in (2, 3, 4)] == [4.0, 2.5, 1.0]  # two-stage: from epoch 2

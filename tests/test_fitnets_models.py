@@ -14,6 +14,8 @@ from kd_toolkit.fitnets.models import (
     FITNETS_MODELS,
     ECALayer,
     FinalLogits,
+    FitNetMNIST,
+    FitNetTeacherMNIST,
     MultiBranchNet,
     ThinDeepCNN,
     WideCNN,
@@ -26,7 +28,7 @@ from kd_toolkit.fitnets.models import (
 from kd_toolkit.fitnets.regressors import build_hint_regressors, hint_key
 from kd_toolkit.fitnets.taps import FeatureTaps, feature_shapes
 
-_NAMES = ["ResNet18", "ResNet50", "MultiBranchNet", "ThinDeepCNN", "WideCNN"]
+_NAMES = ["ResNet18", "ResNet50", "MultiBranchNet", "ThinDeepCNN", "FitNetMNIST", "FitNetTeacherMNIST", "WideCNN"]
 
 
 @functools.cache
@@ -37,7 +39,7 @@ def _cached(name: str, in_channels: int) -> nn.Module:
 
 
 def _natural_channels(name: str) -> int:
-    return 1 if name in ("ThinDeepCNN", "WideCNN") else 3
+    return 1 if name in ("ThinDeepCNN", "FitNetMNIST", "FitNetTeacherMNIST", "WideCNN") else 3
 
 
 def _logits(output: torch.Tensor | tuple) -> torch.Tensor:
@@ -165,7 +167,7 @@ def test_default_pairs_build_regressors(student: str, teacher: str) -> None:
 def test_create_fitnets_model_and_errors() -> None:
     assert isinstance(create_fitnets_model("ThinDeepCNN"), ThinDeepCNN)
     assert create_fitnets_model("ThinDeepCNN").features[0][0].in_channels == 1
-    with pytest.raises(ValueError, match=r"Expected `name` to be one of \['MultiBranchNet'"):
+    with pytest.raises(ValueError, match=r"Expected `name` to be one of \['FitNetMNIST', 'FitNetTeacherMNIST', 'MultiBranchNet'"):
         create_fitnets_model("ResNet34")
     with pytest.raises(ValueError, match="Expected `teacher` to be one of"):
         default_hint_layers("ThinDeepCNN", "VGG")
@@ -189,3 +191,32 @@ def test_models_pickle_with_taps_attached(name: str) -> None:
     torch.testing.assert_close(taps2.features[DEFAULT_HINT_LAYERS[name]], taps.features[DEFAULT_HINT_LAYERS[name]])
     taps.remove()
     taps2.remove()
+
+
+def test_fitnet_mnist_is_deep_thin_and_batchnorm_free() -> None:
+    torch.manual_seed(0)
+    model = FitNetMNIST()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 10 and all(c.out_channels == 16 for c in convs)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert sum(p.numel() for p in model.parameters()) == 21_210
+    assert all(float(c.bias.abs().sum()) == 0.0 for c in convs)  # Glorot init: zero biases
+    assert float(FitNetMNIST(init="default").features[0][0].bias.abs().sum()) > 0  # PyTorch's init kept
+    shapes = feature_shapes(model, [model.hint_layer, "features.9"], torch.randn(2, 1, 28, 28))
+    assert shapes[model.hint_layer] == (2, 16, 7, 7) and model.hint_layer == "features.5"
+    with pytest.raises(ValueError, match="init"):
+        FitNetMNIST(init="he")
+    with pytest.raises(ValueError, match="depth"):
+        FitNetMNIST(depth=2)
+
+
+def test_fitnet_mnist_pairs_with_its_teacher() -> None:
+    student, teacher = FitNetMNIST(), FitNetTeacherMNIST()
+    x = torch.randn(3, 1, 28, 28)
+    s_shape = feature_shapes(student, student.hint_layer, x)[student.hint_layer]
+    t_shape = feature_shapes(teacher, teacher.HINT_LAYER, x)[teacher.HINT_LAYER]
+    assert s_shape == (3, 16, 7, 7) and t_shape == (3, 24, 7, 7)
+    regressors = build_hint_regressors(student, teacher, {student.hint_layer: teacher.HINT_LAYER}, x)
+    out = regressors[hint_key(student.hint_layer)](torch.randn(s_shape))
+    assert out.shape == t_shape
+    assert teacher(torch.randn(2, 1, 32, 32)).shape == (2, 10)  # other sizes are pooled to 7x7

@@ -4,6 +4,9 @@
   downloaded), any class count, any input channel count.
 * ``MultiBranchNet``: seed 004's multi-branch CNN with ECA channel attention (its architecture and
   state-dict keys); ``forward`` returns ``(logits, features)``, two lists of four tensors.
+* ``FitNetMNIST``: a deep (10 conv layers), thin (16 channels), BatchNorm-free student, the kind plain
+  backprop fails to train and FitNets hints rescue (the paper's MNIST claim); ``FitNetTeacherMNIST`` is
+  its shallow BatchNorm teacher.
 * ``ThinDeepCNN`` / ``WideCNN``: the FitNets picture (Romero et al., "FitNets: Hints for Thin
   Deep Nets", ICLR 2015) of a thinner, deeper student guided by a wider, shallower teacher, sized
   for 1x28x28 MNIST.
@@ -39,6 +42,8 @@ __all__ = [
     "DEFAULT_HINT_LAYERS",
     "FITNETS_MODELS",
     "Branch",
+    "FitNetMNIST",
+    "FitNetTeacherMNIST",
     "BottleneckBlock",
     "ECALayer",
     "FinalLogits",
@@ -134,6 +139,98 @@ class ThinDeepCNN(nn.Module):
         return self.classifier(torch.flatten(self.pool(x), 1))  # (B, num_classes)
 
 
+@register_model("FitNetMNIST")
+class FitNetMNIST(nn.Module):
+    """A deep, thin, BatchNorm-free student for 1x28x28 inputs (the setting of FitNets' MNIST claim).
+
+    ``depth`` 3x3 conv-ReLU blocks ``features.0`` .. ``features.{depth-1}`` of ``width`` channels: the first
+    two have stride 2 (28 -> 14 -> 7), the rest keep 7x7; then global average pooling and a linear
+    classifier. With the defaults (``depth=10``, ``width=16``) it has 21,210 parameters and about 1.1M
+    multiply-adds per image, so a CPU trains it in seconds per epoch. Without normalisation and with the
+    Glorot init (``init="xavier"``, zero biases; ``"default"`` keeps PyTorch's), each block shrinks the
+    signal, and SGD on labels alone barely moves it from chance: that is what hints are meant to fix.
+    :attr:`hint_layer` (``features.{depth // 2}``, ``(B, width, 7, 7)``) is the middle, FitNets' guided
+    layer; it pairs with :class:`WideCNN`'s hint layer ``features.2`` (``(B, 2w, 7, 7)``).
+
+    Args:
+        num_classes: Number of output logits.
+        in_channels: Input channels.
+        width: Channels of every conv layer.
+        depth: Number of conv layers (``>= 3``).
+        init: ``"xavier"`` (Glorot uniform weights, zero biases) or ``"default"`` (PyTorch's).
+
+    Example:
+        >>> import torch
+        >>> model = FitNetMNIST()
+        >>> model(torch.randn(2, 1, 28, 28)).shape, model.hint_layer
+        (torch.Size([2, 10]), 'features.5')
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16, depth: int = 10,
+                 init: str = "xavier") -> None:
+        super().__init__()
+        _check_sizes(num_classes, in_channels)
+        check_int("width", width, minimum=1)
+        check_int("depth", depth, minimum=3)
+        if init not in ("xavier", "default"):
+            raise ValueError(f"Expected `init` to be 'xavier' or 'default', but got {init!r}.")
+        blocks, cin = [], in_channels
+        for i in range(depth):
+            blocks.append(nn.Sequential(nn.Conv2d(cin, width, 3, stride=2 if i < 2 else 1, padding=1), nn.ReLU()))
+            cin = width
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(width, num_classes)
+        self.hint_layer = f"features.{depth // 2}"
+        if init == "xavier":
+            for module in self.modules():
+                if isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
+                    nn.init.xavier_uniform_(module.weight)
+                    nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)  # (B, width, H/4, W/4)
+        return self.classifier(torch.flatten(self.pool(x), 1))  # (B, num_classes)
+
+
+@register_model("FitNetTeacherMNIST")
+class FitNetTeacherMNIST(nn.Module):
+    """A shallow BatchNorm teacher for 1x28x28 inputs that learns MNIST in a few epochs, for :class:`FitNetMNIST`.
+
+    Three 3x3 conv-BN-ReLU blocks ``features.0`` .. ``features.2`` of ``width`` channels (2x2 max pooling
+    after the first two: 28 -> 14 -> 7), then dropout and a linear classifier on the flattened 7x7 maps
+    (other input sizes are average-pooled to 7x7 first). ``features.2`` (``(B, width, 7, 7)``) is the hint layer for
+    :class:`FitNetMNIST`'s guided layer ``features.5`` (``(B, 16, 7, 7)``).
+
+    Args:
+        num_classes: Number of output logits.
+        in_channels: Input channels.
+        width: Channels of every conv layer.
+        dropout: Dropout probability before the classifier.
+
+    Example:
+        >>> import torch
+        >>> FitNetTeacherMNIST()(torch.randn(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+
+    HINT_LAYER = "features.2"
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 24, dropout: float = 0.0) -> None:
+        super().__init__()
+        _check_sizes(num_classes, in_channels)
+        check_int("width", width, minimum=1)
+        check_float("dropout", dropout, minimum=0, maximum=1, open_high=True)
+        self.features = _conv_stack(in_channels, [width] * 3, pools={0, 1})
+        self.pool = nn.AdaptiveAvgPool2d(7)  # the identity on 28x28 inputs
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(width * 7 * 7, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.features(x))  # (B, width, 7, 7)
+        return self.classifier(self.dropout(torch.flatten(x, 1)))  # (B, num_classes)
+
+
 @register_model("WideCNN")
 class WideCNN(nn.Module):
     """Wide, shallow teacher for 1x28x28 inputs, the FitNets counterpart of :class:`ThinDeepCNN`.
@@ -195,7 +292,7 @@ class _RegistryView(Mapping[str, Callable[..., nn.Module]]):
 
 
 FITNETS_MODELS: Mapping[str, Callable[..., nn.Module]] = _RegistryView(
-    ("ResNet18", "ResNet50", "MultiBranchNet", "ThinDeepCNN", "WideCNN")
+    ("ResNet18", "ResNet50", "MultiBranchNet", "ThinDeepCNN", "FitNetMNIST", "FitNetTeacherMNIST", "WideCNN")
 )
 """The seed's model names, a read-only view over :mod:`kd_toolkit.models`' registry; each factory takes
 ``num_classes=`` and ``in_channels=``."""
@@ -205,6 +302,8 @@ DEFAULT_HINT_LAYERS: dict[str, str] = {
     "ResNet50": "layer4",
     "MultiBranchNet": "att.3",
     "ThinDeepCNN": "features.6",
+    "FitNetMNIST": "features.9",
+    "FitNetTeacherMNIST": "features.2",
     "WideCNN": "features.3",
 }
 """Path of each named model's last feature maps (the seed matches final feature maps)."""
@@ -215,10 +314,10 @@ def create_fitnets_model(name: str, num_classes: int = 10, in_channels: int | No
 
     Args:
         name: One of ``"ResNet18"``, ``"ResNet50"``, ``"MultiBranchNet"``, ``"ThinDeepCNN"``,
-            ``"WideCNN"``.
+            ``"FitNetMNIST"``, ``"FitNetTeacherMNIST"``, ``"WideCNN"``.
         num_classes: Number of output logits.
         in_channels: Input channels; ``None`` keeps the model's default (3, or 1 for the
-            MNIST-sized ``ThinDeepCNN``/``WideCNN``).
+            MNIST-sized models).
 
     Raises:
         ValueError: For an unknown name (the message lists the known ones).
