@@ -226,3 +226,10 @@ def test_a_validation_set_too_small_for_the_promise_warns_and_keeps_exits_closed
     with pytest.warns(UserWarning, match="100 validation samples cannot show a drop <= 0.005"):
         result = calibrate_thresholds(network, small, max_accuracy_drop=0.005)
     assert result.thresholds == [1.0, 1.0] and result.accuracy_drop_bound == 0.0
+
+
+def test_a_zero_drop_with_a_confidence_level_warns_without_a_sample_count(network, val_loader):
+    with pytest.warns(UserWarning, match="cannot show a drop <= 0 ") as caught:
+        result = calibrate_thresholds(network, val_loader, max_accuracy_drop=0.0)
+    assert "or more validation samples" not in str(caught[0].message)  # no finite sample can promise 0
+    assert result.thresholds == [1.0, 1.0]

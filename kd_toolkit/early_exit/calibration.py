@@ -185,9 +185,10 @@ def calibrate_thresholds(
             accuracy_drop_bound(0, n, confidence_level) > max_accuracy_drop:
         warnings.warn(f"calibrate_thresholds: {n} validation samples cannot show a drop <= {max_accuracy_drop:g} at "
                       f"confidence_level={confidence_level:g} even with no sample lost (the bound is "
-                      f"{accuracy_drop_bound(0, n, confidence_level):.4f}), so every exit stays closed; use about "
-                      f"{math.ceil(-math.log(1 - confidence_level) / max_accuracy_drop)} or more validation samples, "
-                      "a larger max_accuracy_drop, a lower confidence_level, or confidence_level=None.", stacklevel=2)
+                      f"{accuracy_drop_bound(0, n, confidence_level):.4f}), so every exit stays closed; use "
+                      + (f"about {math.ceil(-math.log(1 - confidence_level) / max_accuracy_drop)} or more validation "
+                         "samples, " if max_accuracy_drop > 0 else "")
+                      + "a larger max_accuracy_drop, a lower confidence_level, or confidence_level=None.", stacklevel=2)
     if max_accuracy_drop is not None:
         chosen = _greedy_for_accuracy(table, grid, float(max_accuracy_drop), confidence_level)
     else:
