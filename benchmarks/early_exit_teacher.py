@@ -127,9 +127,11 @@ def _targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def run(quick: bool = False, out_dir: Path = RESULTS_DIR, *, threads: int = 1) -> dict[str, Any]:
-    """Run the protocol and write ``out_dir/early_exit_teacher.json`` (``BenchmarkSkipped`` without MNIST)."""
-    settings = QUICK if quick else FULL
+def run(quick: bool = False, out_dir: Path = RESULTS_DIR, *, threads: int = 1,
+        config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the protocol and write ``out_dir/early_exit_teacher.json`` (``BenchmarkSkipped`` without MNIST);
+    ``config`` overrides keys of :data:`FULL` / :data:`QUICK`."""
+    settings = {**(QUICK if quick else FULL), **(config or {})}
     data = mnist_split(seed=0, n_train=settings["n_train"], n_test=settings["n_test"])  # may raise BenchmarkSkipped
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)

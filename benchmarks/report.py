@@ -248,7 +248,10 @@ def render(summary: dict[str, Any]) -> str:
             continue
         parts += [f"### {title}", ""]
         if entry["status"] == "ok":
-            parts += [table(entry["result"]), ""]
+            try:
+                parts += [table(entry["result"]), ""]
+            except Exception as err:  # one result a renderer does not understand must not lose the whole report
+                parts += [f"**could not render** this result ({type(err).__name__}: {err}); its JSON has the figures.", ""]
             if name not in SECTIONS and "seconds" in entry:
                 parts += [f"Run time in this suite: {entry['seconds']:.0f} s.", ""]
         else:
