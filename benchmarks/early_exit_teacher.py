@@ -13,7 +13,8 @@ trained whole four ways through ``KnowledgeDistillationTraining``:
 * ``teacher``: the external teacher teaches every exit (``teacher_weight=0.5``, ``T=4``);
 * ``teacher_and_self_distillation``: both (``distill_weight=0.25``, ``teacher_weight=0.5``).
 
-Each network's thresholds are calibrated on the validation part for at most 0.5 points of accuracy below its final
+The arms' weights and temperatures are fixed in advance (not tuned, on validation or on test). Each network's
+thresholds are calibrated on the validation part for at most 0.5 points of accuracy below its final
 exit (:func:`kd_toolkit.early_exit.calibrate_thresholds`); the 2,000 test images give the figures: early-exit
 accuracy at those thresholds, the share of samples leaving at exit 0, the final exit's accuracy, and the MAC
 speed-up over the plain network.
@@ -164,7 +165,13 @@ def markdown(result: dict[str, Any]) -> str:
     def cell(stats: dict[str, float], scale: float = 100.0, unit: str = "%") -> str:
         return f"{scale * stats['mean']:.2f}{unit} ± {scale * stats['std']:.2f}"
 
-    lines = ["| Training | Early-exit test accuracy | Exit-0 share | Final-exit accuracy | MAC speed-up |",
+    st, sp = result["settings"], result["split"]
+    lines = [f"LeNet-5 with exits after blocks 1 and 2, {st['epochs']} epochs, {len(st['seeds'])} seeds (mean ± std); "
+             f"{sp['train']} train / {sp['val']} validation (thresholds: at most "
+             f"{100 * TRAINING['max_accuracy_drop']:g} points below the final exit) / {sp['test']} test images; teacher "
+             f"784-1200-1200-10 at {100 * result['teacher']['acc']:.2f}% test accuracy; arms' weights fixed in advance "
+             "(not tuned).", "",
+             "| Training | Early-exit test accuracy | Exit-0 share | Final-exit accuracy | MAC speed-up |",
              "|---|---|---|---|---|"]
     for name, s in result["summary"].items():
         lines.append(f"| {name} | {cell(s['early_exit_accuracy'])} | {cell(s['exit_0_share'])} | "

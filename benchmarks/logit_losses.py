@@ -15,11 +15,12 @@ MNIST: the 10,000 MNIST test images split stratified 8,000 / 2,000 (seed 0) with
 for validation; teachers: protocol 1's 784-1200-1200-10 (dropout, jitter; trained on the 8,000 once per process,
 so a suite run reuses them; they have seen the validation images, no student has), students 784-800-800-10 trained
 on the other 7,200; student seed ``s`` distils teacher seed ``s``; ``plain`` and ``kd`` are the same runs as
-:mod:`benchmarks.ensemble`'s ``plain`` and ``kd_single`` (computed once in a suite). Digits: ``DigitsDataModule(seed=s)`` (60% train, 15% validation, 25% test), teacher
-64-256-256-10, student 64-16-10. For each loss the hyperparameter is chosen on the validation split (mean over the
-selection seeds: the first seed by default, to stay within the time budget); the chosen setting is then trained
-for the other seeds and the loss reports its test accuracy after the last epoch over all seeds. A loss that does not beat plain KD
-here is reported as such: these are small MLPs on easy data, far from the CIFAR/ImageNet CNNs of the papers.
+:mod:`benchmarks.ensemble`'s ``plain`` and ``kd_single`` (computed once in a suite). Digits:
+``DigitsDataModule(seed=s)`` (60% train, 15% validation, 25% test), teacher 64-256-256-10, student 64-16-10. For
+each loss the hyperparameter is chosen on the validation split (mean over the selection seeds: the first seed by
+default, to stay within the time budget); the chosen setting is then trained for the other seeds and the loss
+reports its test accuracy after the last epoch over all seeds. A loss that does not beat plain KD here is reported
+as such: these are small MLPs on easy data, far from the CIFAR/ImageNet CNNs of the papers.
 """
 
 from __future__ import annotations
@@ -69,14 +70,15 @@ WEIGHTS = {"kd": {"kd_loss": 0.9, "hard_loss": 0.1}, "ls_kd": {"ls_kd_loss": 0.9
            "dkd": {"dkd_loss": 1.0, "hard_loss": 1.0}, "dist": {"dist_loss": 1.0, "hard_loss": 1.0}}
 DATASETS: dict[str, dict[str, Any]] = {
     "mnist": {"teacher": "mnist_teacher", "student": "mnist_student_800", "teacher_epochs": _mnist.TEACHER_EPOCHS,
-              "student_epochs": MNIST_STUDENT_EPOCHS, "lr": _mnist.LR, "batch_size": _mnist.BATCH, "scheduler": _mnist.SCHEDULER},
+              "student_epochs": MNIST_STUDENT_EPOCHS, "lr": _mnist.LR, "batch_size": _mnist.BATCH,
+              "scheduler": _mnist.SCHEDULER},
     "digits": {"teacher": "digits_teacher", "student": "digits_student", "teacher_epochs": 20, "student_epochs": 40,
                "lr": 1e-2, "batch_size": 32, "scheduler": "cosine_anneal"},
 }
-FULL: dict[str, Any] = {"seeds": [0, 1, 2], "select_seeds": [0], "datasets": ["mnist", "digits"], "losses": ["plain", *GRIDS],
-                        "grids": GRIDS, "n_train": None, "n_test": None, "overrides": {}}
-QUICK: dict[str, Any] = {"seeds": [0], "select_seeds": [0], "datasets": ["mnist", "digits"], "losses": ["plain", *GRIDS],
-                         "grids": QUICK_GRIDS, "n_train": 2000, "n_test": 1000,
+FULL: dict[str, Any] = {"seeds": [0, 1, 2], "select_seeds": [0], "datasets": ["mnist", "digits"],
+                        "losses": ["plain", *GRIDS], "grids": GRIDS, "n_train": None, "n_test": None, "overrides": {}}
+QUICK: dict[str, Any] = {"seeds": [0], "select_seeds": [0], "datasets": ["mnist", "digits"],
+                         "losses": ["plain", *GRIDS], "grids": QUICK_GRIDS, "n_train": 2000, "n_test": 1000,
                          "overrides": {"mnist": {"teacher_epochs": _mnist.QUICK_TEACHER_EPOCHS, "student_epochs": 1},
                                        "digits": {"teacher_epochs": 3, "student_epochs": 3}}}
 
@@ -132,7 +134,8 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR, config: dict[str, Any]
         results[dataset] = entry
         summary[dataset] = {loss: pm(r["test_acc"], 100) + f" ({r['chosen']})" for loss, r in entry["losses"].items()}
     data = {"protocol": NAME, "quick": quick, "config": cfg, "figure": "test accuracy after the last epoch (%)",
-            "selection": "per loss, the setting with the best mean validation accuracy over seeds; test never used",
+            "selection": "per loss, the setting with the best mean validation accuracy over the selection seeds, then "
+                         "trained for the other seeds; test never used",
             "results": results, "summary": summary, "targets": _targets(results), "machine": machine,
             "load_average_end": machine_info()["load_average"],
             "command": f"python -m benchmarks.{NAME}" + (" --quick" if quick else ""),
@@ -177,6 +180,13 @@ def markdown(data: dict[str, Any]) -> str:
     datasets = list(data["results"])
     rows = ["| loss | " + " | ".join(f"{d}: test acc. (%) | {d}: minus KD (points) | {d}: chosen" for d in datasets)
             + " |", "|---|" + "---|---|---|" * len(datasets)]
+    cfg = data["config"]
+    head = (f"Test accuracy after the last epoch (%), {len(cfg['seeds'])} seeds; each loss's setting chosen on "
+            f"validation (seeds {cfg.get('select_seeds') or cfg['seeds']}); minus KD = per-seed difference to plain "
+            f"KD's chosen setting. MNIST: protocol 1's teachers, 784-800-800-10 student, "
+            f"{data['results'].get('mnist', {}).get('recipe', {}).get('student_epochs', '?')} epochs; "
+            f"digits: 64-256-256-10 teacher, 64-16-10 student.")
+    rows = [head, "", *rows]
     losses = list(next(iter(data["results"].values()))["losses"]) if datasets else []
     for loss in losses:
         cells = []
