@@ -10,14 +10,7 @@ import torch
 from kd_toolkit import DistillationModule, KnowledgeDistillationTraining
 from kd_toolkit.losses import mixture_log_probs
 from tests.conftest import TinyMLP
-
-
-def _teachers(k=2, classes=10):
-    out = []
-    for seed in range(k):
-        torch.manual_seed(seed)
-        out.append(TinyMLP(hidden=24 + 8 * seed, num_classes=classes).eval())
-    return out
+from tests.test_ensemble import _teachers
 
 
 def _kd(tmp_path, loaders, **kwargs):
