@@ -302,6 +302,11 @@ from the suite's run too (each script run on its own with its defaults also writ
 | 3 | `overhead.py` | the same KD training through kd_toolkit, a bare LightningModule, and a plain PyTorch loop: seconds per epoch, ratio, losses equal to 5 decimals; Hinton's models and a tiny ~1 ms/step case |
 | 4 | `caching.py` | protocol 1's KD run with the live teacher and with cached teacher logits: same losses, speed-up |
 | 5 | `torchdistill_peer.py` | torchdistill's Hinton KD on protocol 1's models and data, next to kd_toolkit's |
+| — | `ensemble.py` | issue 13: protocol 1's three teachers → one 784-800-800-10 student (mixture of their distributions), against KD from one teacher, plain training, the teachers and their ensemble; T chosen on validation, 3 seeds |
+| — | `logit_losses.py` | issue 13: LS-KD, DKD and DIST against plain KD on protocol 1's MNIST setting and on digits; each loss's setting chosen on validation, 3 seeds |
+| — | `early_exit_teacher.py` | issue 13: an early-exit LeNet with and without an external teacher for every exit: early-exit accuracy at calibrated thresholds, exit-0 share, 3 seeds |
+| — | `cache_scaling.py` | the top-k teacher cache's KL error, bytes per sample, build time, and a temperature sweep over one persistent cache |
+| — | `export.py` | the one-graph early-exit export: does the exported program's cost follow the share of samples that continue? |
 
 How to read the speed figures:
 
