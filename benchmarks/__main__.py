@@ -3,12 +3,10 @@
 The quick suite (< 3 minutes on 2 CPU cores) runs every protocol in its smoke mode: it checks that the
 scripts work, not what they measure, and writes everything under ``benchmarks/results/quick/``. The full suite
 (< 30 minutes) measures the figures and writes them under ``benchmarks/results/latest/``; with ``--readme`` it
-publishes them: ``benchmarks/results/<protocol>.json``, ``summary-full.json``, ``full.md`` and the kd_toolkit
-block of ``benchmarks/README.md``, leaving the other sections of that file untouched. Without ``--readme`` no
-tracked file changes (``results/quick/`` and ``results/latest/`` are git-ignored). The FitNets and early-exit scripts (``benchmarks/fitnets.py``,
-``benchmarks/early_exit.py``) run in both suites when they exist; in a suite their JSON goes to
-``results/suite/`` (full) or ``results/quick/``, so the ``results/fitnets.json`` and ``results/early_exit.json``
-behind their own README sections (written by those scripts when run on their own) are never replaced.
+publishes them: ``benchmarks/results/<protocol>.json``, ``summary-full.json``, ``full.md``, the suite's block of
+``benchmarks/README.md`` and its FitNets and early-exit sections, leaving the rest of that file untouched. Without
+``--readme`` no tracked file changes (``results/quick/`` and ``results/latest/`` are git-ignored); an unpublished
+full run writes the FitNets and early-exit JSON under ``results/latest/suite/``.
 """
 
 from __future__ import annotations
@@ -27,49 +25,60 @@ from typing import Any
 import torch
 
 from benchmarks._common import RESULTS_DIR, BenchmarkSkipped, machine_info, write_json
-from benchmarks.report import readme_block, render, update_readme
+from benchmarks.report import publish_sections, readme_block, render, update_readme
 
 README = Path(__file__).resolve().parent / "README.md"
-#: Protocol name -> module. Protocol 1 comes first: protocols 4 and 5 reuse its teachers in the same process.
+#: Protocol name -> module. Protocol 1 comes first: every later MNIST protocol (4, 5, ensemble, logit_losses,
+#: early_exit_teacher, cache_scaling) reuses its teachers in the same process (``benchmarks._mnist.teacher_for``), and
+#: logit_losses reuses ensemble's plain and single-teacher student runs (``benchmarks._selection.run_student``).
 PROTOCOLS: dict[str, str] = {
     "hinton_mnist": "benchmarks.hinton_mnist",
     "caching": "benchmarks.caching",
     "torchdistill": "benchmarks.torchdistill_peer",
     "overhead": "benchmarks.overhead",
     "digits": "benchmarks.digits",
+    "ensemble": "benchmarks.ensemble",
+    "logit_losses": "benchmarks.logit_losses",
+    "early_exit_teacher": "benchmarks.early_exit_teacher",
+    "cache_scaling": "benchmarks.cache_scaling",
+    "export": "benchmarks.export",
     "fitnets": "benchmarks.fitnets",
     "early_exit": "benchmarks.early_exit",
 }
+#: Protocols with a README section of their own (rewritten by ``--readme``, not part of the suite's block).
 EXTERNAL = ("fitnets", "early_exit")
 
 
-def run_protocol(name: str, quick: bool, out_dir: Path, threads: int) -> dict[str, Any]:
-    """Run one protocol; never raises: a skip or a failure is recorded with its reason."""
+def run_protocol(name: str, quick: bool, out_dir: Path, threads: int, publish: bool = False) -> dict[str, Any]:
+    """Run one protocol; never raises: a skip or a failure is recorded with its reason.
+
+    An unpublished full run writes the EXTERNAL protocols' JSON under ``out_dir/suite/``.
+    """
     module_name = PROTOCOLS[name]
-    start = time.perf_counter()
-    entry: dict[str, Any] = {"status": "ok"}
+    start, start_cpu = time.perf_counter(), time.process_time()
+    entry: dict[str, Any] = {"status": "ok", "module": module_name}
     try:
         if importlib.util.find_spec(module_name) is None:
             raise BenchmarkSkipped(f"{module_name} is not in this checkout")
         module = importlib.import_module(module_name)
-        kwargs: dict[str, Any] = {"quick": quick, "out_dir": Path(out_dir) / "suite" if name in EXTERNAL and not quick
-                                  else out_dir}
+        separate = name in EXTERNAL and not quick and not publish
+        kwargs: dict[str, Any] = {"quick": quick, "out_dir": Path(out_dir) / "suite" if separate else out_dir}
         if "threads" in inspect.signature(module.run).parameters:
             kwargs["threads"] = threads
         result = module.run(**kwargs)
         if isinstance(result, dict) and "skipped" in result:  # the FitNets script's way of skipping
             entry.update(status="skipped", reason=str(result["skipped"]))
-        elif name in EXTERNAL:
-            entry["result_file"] = str(Path(kwargs["out_dir"]) / f"{name}.json")
         else:
             entry["result"] = result
+        if name in EXTERNAL:
+            entry.update(external=True, result_file=str(Path(kwargs["out_dir"]) / f"{name}.json"))
     except BenchmarkSkipped as skip:
         entry.update(status="skipped", reason=str(skip))
     except Exception as err:
         entry.update(status="failed", reason=f"{type(err).__name__}: {err}"[:400], traceback=traceback.format_exc())
     finally:
         torch.set_num_threads(threads)  # a protocol may have changed it
-    entry["seconds"] = time.perf_counter() - start
+    entry["seconds"], entry["cpu_seconds"] = time.perf_counter() - start, time.process_time() - start_cpu
     return entry
 
 
@@ -103,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     protocols: dict[str, Any] = {}
     for name in names:
         print(f"[benchmarks] {name} ({args.suite}) ...", flush=True)
-        protocols[name] = entry = run_protocol(name, quick, args.out_dir, args.threads)
-        print(f"[benchmarks] {name}: {entry['status']} in {entry['seconds']:.0f} s"
+        protocols[name] = entry = run_protocol(name, quick, args.out_dir, args.threads, publish=bool(args.readme))
+        print(f"[benchmarks] {name}: {entry['status']} in {entry['seconds']:.0f} s ({entry['cpu_seconds']:.0f} s CPU)"
               + (f" ({entry['reason']})" if entry.get("reason") else ""), flush=True)
         if entry["status"] == "failed":
             print(entry["traceback"], file=sys.stderr, flush=True)
@@ -116,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     (Path(args.out_dir) / f"{args.suite}.md").write_text(markdown, encoding="utf-8")
     if args.readme:
         update_readme(README, readme_block(summary))
+        if not quick:
+            print(f"[benchmarks] README sections rewritten: {publish_sections(README, summary)}", flush=True)
     print(markdown)
     print(f"[benchmarks] {args.suite} suite done in {summary['seconds'] / 60:.1f} min", flush=True)
     return 1 if any(e["status"] == "failed" for e in protocols.values()) else 0

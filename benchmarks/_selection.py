@@ -1,9 +1,11 @@
 """Shared by the ensemble and logit-loss protocols: a validation split carved from the training part, one
 student run evaluated on validation and test, and hyperparameter selection on validation only.
 
-Selection: every candidate configuration of an arm is trained once per seed on the fit part; the configuration
-with the best *mean validation* accuracy over the seeds is chosen, and the arm reports that configuration's
-*test* accuracies (mean ± std over the seeds). The test split never takes part in a choice.
+Selection: every candidate configuration of an arm is trained on the fit part for each *selection* seed (all seeds,
+or the first one to save time); the configuration with the best *mean validation* accuracy over those seeds is
+chosen and trained for the remaining seeds, and the arm reports that configuration's *test* accuracies (mean ± std
+over all seeds). The test split never takes part in a choice. Identical student runs (same data, teacher objects,
+seed and settings; deterministic) are computed once per process, so protocols that share an arm share its runs.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ from torch import nn
 from benchmarks._common import RESULTS_DIR, Split, accuracy, machine_info, mean_std, quiet_trainer_kwargs, write_json
 from kd_toolkit.data import make_loader, stratified_split
 from kd_toolkit.models import create_model
+
+#: Epochs of the 784-800-800-10 students of the ensemble and logit-loss protocols (equal, so that in a suite the two
+#: share their ``plain`` and single-teacher KD runs).
+MNIST_STUDENT_EPOCHS = 10
+_RUNS: dict[tuple[Any, ...], tuple[dict[str, float], Any]] = {}  # run_student's memo (the value keeps the teachers alive)
 
 
 def carve_validation(split: Split, fraction: float = 0.1, seed: int = 0) -> tuple[Split, Split]:
@@ -42,6 +49,13 @@ def run_student(test: Split, val: Split, student_name: str, teacher: Any, seed: 
     cached: students see no augmentation) and return its validation and test accuracy after the last epoch."""
     from kd_toolkit import KnowledgeDistillationTraining
 
+    teachers = tuple(teacher.values() if isinstance(teacher, dict) else teacher if isinstance(teacher, list) else
+                     [teacher])
+    key = (test.key, val.key, student_name, tuple(id(t) for t in teachers), seed, epochs, lr, batch_size, scheduler,
+           temperature if teacher is not None else None, repr(loss_weights if teacher is not None else None),
+           repr(module_kwargs if teacher is not None else None), torch.get_num_threads())
+    if test.key and val.key and key in _RUNS:
+        return dict(_RUNS[key][0])
     pl.seed_everything(seed, verbose=False)
     student = create_model(student_name)
     loader = make_loader(test.x_train, test.y_train, batch_size, shuffle=True)
@@ -55,23 +69,30 @@ def run_student(test: Split, val: Split, student_name: str, teacher: Any, seed: 
             **quiet_trainer_kwargs(),
         )
         kd.fit()
-    return {"val": accuracy(student, val.x_test, val.y_test), "test": accuracy(student, test.x_test, test.y_test)}
+    result = {"val": accuracy(student, val.x_test, val.y_test), "test": accuracy(student, test.x_test, test.y_test)}
+    _RUNS[key] = (result, teachers)
+    return dict(result)
 
 
 def select_on_validation(candidates: dict[str, dict[str, Any]], seeds: Sequence[int],
-                         train: Callable[[dict[str, Any], int], dict[str, float]]) -> dict[str, Any]:
-    """Train every candidate for every seed; choose by mean validation accuracy; report the choice's test figures.
+                         train: Callable[[dict[str, Any], int], dict[str, float]],
+                         select_seeds: Sequence[int] | None = None) -> dict[str, Any]:
+    """Train every candidate for the selection seeds; choose by mean validation accuracy over them; train the choice
+    for the other ``seeds`` and report its test figures over all ``seeds``.
 
     Args:
         candidates: ``{label: settings}``; ``train(settings, seed)`` returns ``{"val": acc, "test": acc}``.
+        select_seeds: the seeds the choice is made on (default: all ``seeds``).
     """
-    runs = {label: {seed: train(settings, seed) for seed in seeds} for label, settings in candidates.items()}
+    chooser = [s for s in seeds if select_seeds is None or s in select_seeds] or list(seeds)
+    runs = {label: {seed: train(settings, seed) for seed in chooser} for label, settings in candidates.items()}
     val_means = {label: mean_std([r["val"] for r in per_seed.values()])["mean"] for label, per_seed in runs.items()}
     chosen = max(val_means, key=lambda label: val_means[label])
-    return {"chosen": chosen, "settings": candidates[chosen],
-            "test_acc": mean_std([r["test"] for r in runs[chosen].values()]),
-            "val_acc": mean_std([r["val"] for r in runs[chosen].values()]),
-            "per_seed_test": {s: r["test"] for s, r in runs[chosen].items()},
+    final = {seed: runs[chosen][seed] if seed in runs[chosen] else train(candidates[chosen], seed) for seed in seeds}
+    return {"chosen": chosen, "settings": candidates[chosen], "selection_seeds": chooser,
+            "test_acc": mean_std([r["test"] for r in final.values()]),
+            "val_acc": mean_std([r["val"] for r in final.values()]),
+            "per_seed_test": {s: r["test"] for s, r in final.items()},
             "candidates": {label: {"val_mean": val_means[label],
                                    "test_mean": mean_std([r["test"] for r in per_seed.values()])["mean"]}
                            for label, per_seed in runs.items()}}

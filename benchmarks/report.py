@@ -1,11 +1,17 @@
-"""Markdown tables from the protocols' JSON results, and the marker-delimited block in ``benchmarks/README.md``.
+"""Markdown tables from the protocols' JSON results, and the marker-delimited blocks in ``benchmarks/README.md``.
 
-Only the text between :data:`START` and :data:`END` belongs to these protocols; everything else in the
-README (the FitNets and early-exit sections, say) is kept byte for byte.
+The text between :data:`START` and :data:`END` belongs to the suite: protocols 1-5 (their renderers below), then
+every other protocol whose module has a ``markdown(result)`` (its ``TITLE``, or its docstring's first line, heads
+the section). The targets table shows this module's rows for protocols 1-5 plus every result's own
+``result["targets"]`` rows. The FitNets and early-exit sections are theirs: :func:`publish_sections` rewrites them
+after a published suite run (FitNets through ``benchmarks.fitnets.write_readme``, early exit between its own
+``<!-- kd-bench:early_exit:start/end -->`` markers); everything else in the README is kept byte for byte.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import re
 from collections.abc import Callable
@@ -210,9 +216,34 @@ def targets_table(results: dict[str, dict[str, Any]]) -> str:
                      f" ({diff:+d} test images over {len(t['correct_minus_torchdistill_per_seed'])} seeds)", diff >= 0))
         ratio = t["epoch_time_ratio_kd_toolkit_vs_torchdistill"]
         rows.append(("no slower per epoch than torchdistill", f"{ratio:.3f}x", ratio <= 1.0))
+    for entry in results.values():  # each protocol's own rows (the module contract's optional "targets")
+        result = entry.get("result") if entry.get("status") == "ok" else None
+        targets = result.get("targets") if isinstance(result, dict) else None
+        for row in targets if isinstance(targets, list) else []:  # anything else under "targets" is not ours
+            if isinstance(row, dict) and {"target", "measured"} <= set(row):
+                rows.append((str(row["target"]), str(row["measured"]), row.get("met")))
     out = ["| target | measured | met |", "|---|---|---|"]
     out += [f"| {name} | {value} | {'n/a' if ok is None else ('yes' if ok else '**no**')} |" for name, value, ok in rows]
     return "\n".join(out)
+
+
+def section_of(name: str, entry: dict[str, Any]) -> tuple[str, Callable[[dict[str, Any]], str] | None]:
+    """The title and renderer of a protocol's section in the suite block (``None``: listed, not rendered).
+
+    Protocols 1-5 use :data:`SECTIONS`; any other protocol its module's ``markdown(result)``, except the ones with a
+    README section of their own (``entry["external"]``).
+    """
+    if name in SECTIONS:
+        return SECTIONS[name]
+    if entry.get("external") or not entry.get("module"):
+        return name, None
+    try:
+        module = importlib.import_module(entry["module"])
+    except ImportError:
+        return name, None
+    table = getattr(module, "markdown", None)
+    title = getattr(module, "TITLE", None) or (module.__doc__ or name).strip().splitlines()[0].removeprefix("Protocol: ")
+    return (title.rstrip("."), table) if callable(table) else (name, None)
 
 
 def render(summary: dict[str, Any]) -> str:
@@ -221,7 +252,7 @@ def render(summary: dict[str, Any]) -> str:
     v = m["versions"]
     results = summary["protocols"]
     parts = [
-        "## kd_toolkit protocols 1–5",
+        "## kd_toolkit benchmark protocols",
         "",
         f"Latest run: `{summary['command']}` ({summary['suite']} suite) on {m['date']}; {m['cpu']}, {m['cores']} cores, "
         f"{summary['threads']} torch thread(s); python {v['python']}, torch {v['torch']}, pytorch_lightning "
@@ -232,22 +263,29 @@ def render(summary: dict[str, Any]) -> str:
         "",
         "### Targets", "", targets_table(results), "",
     ]
+    others = []
     for name, entry in results.items():
-        title, table = SECTIONS.get(name, (name, None))
+        title, table = section_of(name, entry)
         if table is None:
+            others.append((name, entry))
             continue
         parts += [f"### {title}", ""]
         if entry["status"] == "ok":
-            parts += [table(entry["result"]), ""]
+            try:
+                parts += [table(entry["result"]), ""]
+            except Exception as err:  # one result a renderer does not understand must not lose the whole report
+                parts += [f"**could not render** this result ({type(err).__name__}: {err}); its JSON has the figures.", ""]
+            if name not in SECTIONS and "seconds" in entry:
+                parts += [f"Run time in this suite: {entry['seconds']:.0f} s.", ""]
         else:
             parts += [f"**{entry['status']}**: {entry.get('reason', '')}", ""]
-    others = [(n, e) for n, e in results.items() if n not in SECTIONS]
     if others:
         parts += ["### Other protocols in this run", ""]
         parts += [f"- `{n}`: {e['status']} in {e['seconds']:.0f} s"
                   + (f": {e['reason']}" if e.get("reason") else "")
                   + (f"; this run's JSON: `{_relative(e['result_file'])}`" if e.get("result_file") else "")
-                  + "; its README section is written by its own script" for n, e in others]
+                  + ("; its README section below is rewritten by `--suite full --readme` (or by its own script)"
+                     if e.get("external") else "") for n, e in others]
         parts.append("")
     return "\n".join(parts).rstrip() + "\n"
 
@@ -266,7 +304,8 @@ ratios of the millisecond-step case noticeably (every repeat is in `ratio_all` i
 
 ```
 python -m benchmarks --suite quick   # smoke run of every protocol, < 3 min; writes results/quick/
-python -m benchmarks --suite full    # the figures below, < 30 min; rewrites this block
+python -m benchmarks --suite full    # the figures, < 30 min; writes results/latest/ (no tracked file changes)
+python -m benchmarks --suite full --readme   # the same, published: results/*.json and this README's sections
 make bench                           # = the quick suite (make bench-full: the full suite)
 ```
 
@@ -274,8 +313,10 @@ Options: `--only hinton_mnist,overhead` (a subset), `--threads N` (default 1), `
 `--readme/--no-readme`. The MNIST protocols read the 10,000 MNIST test images from
 `../shared/data/mnist-test` (or `$KD_BENCH_MNIST_DIR`), split stratified at random 8,000 train / 2,000 test
 (seed 0), and are skipped with a message when the files are absent; protocol 5 is skipped with a message when
-torchdistill cannot be imported (`pip install torchdistill`). The suites also run `benchmarks/fitnets.py` and
-`benchmarks/early_exit.py` when present; their sections below are written by those scripts.
+torchdistill cannot be imported (`pip install torchdistill`). The suites also run the issue-13 protocols
+(`ensemble.py`, `logit_losses.py`, `early_exit_teacher.py`), `cache_scaling.py`, `export.py`, `fitnets.py` and
+`early_exit.py` when present; with `--suite full --readme` the FitNets and early-exit sections below are rewritten
+from the suite's run too (each script run on its own with its defaults also writes its JSON).
 
 | protocol | script | question |
 |---|---|---|
@@ -284,6 +325,11 @@ torchdistill cannot be imported (`pip install torchdistill`). The suites also ru
 | 3 | `overhead.py` | the same KD training through kd_toolkit, a bare LightningModule, and a plain PyTorch loop: seconds per epoch, ratio, losses equal to 5 decimals; Hinton's models and a tiny ~1 ms/step case |
 | 4 | `caching.py` | protocol 1's KD run with the live teacher and with cached teacher logits: same losses, speed-up |
 | 5 | `torchdistill_peer.py` | torchdistill's Hinton KD on protocol 1's models and data, next to kd_toolkit's |
+| — | `ensemble.py` | issue 13: protocol 1's three teachers → one 784-800-800-10 student (mixture of their distributions), against KD from one teacher, plain training, the teachers and their ensemble; T chosen on validation, 3 seeds |
+| — | `logit_losses.py` | issue 13: LS-KD, DKD and DIST against plain KD on protocol 1's MNIST setting and on digits; each loss's setting chosen on validation, 3 seeds |
+| — | `early_exit_teacher.py` | issue 13: an early-exit LeNet with and without an external teacher for every exit: early-exit accuracy at calibrated thresholds, exit-0 share, 3 seeds |
+| — | `cache_scaling.py` | the top-k teacher cache's KL error, bytes per sample, build time, and a temperature sweep over one persistent cache |
+| — | `export.py` | the one-graph early-exit export: does the exported program's cost follow the share of samples that continue? |
 
 How to read the speed figures:
 
@@ -303,7 +349,8 @@ How to read the speed figures:
   unchanged.
 - **Protocol 5**: torchdistill's training loop is a plain loop around its `DistillationBox`, so its epoch time
   is close to protocol 3's plain loop; kd_toolkit pays the Lightning floor on top.
-- MNIST teachers are trained once per suite run (protocol 1) and reused by protocols 4 and 5.
+- MNIST teachers are trained once per suite run (protocol 1) and reused by protocols 4 and 5 and by the
+  ensemble, logit-loss, early-exit-teacher and cache-scaling protocols.
 
 """
 
@@ -333,3 +380,64 @@ def update_readme(path: Path, block: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(new, encoding="utf-8")
     os.replace(tmp, path)
+
+
+EARLY_EXIT_START, EARLY_EXIT_END = "<!-- kd-bench:early_exit:start -->", "<!-- kd-bench:early_exit:end -->"
+
+
+def _load_result(entry: dict[str, Any]) -> dict[str, Any] | None:
+    result = entry.get("result")
+    if not isinstance(result, dict) and entry.get("result_file"):
+        result = json.loads(Path(entry["result_file"]).read_text(encoding="utf-8"))
+    return result if entry.get("status") == "ok" and isinstance(result, dict) and "skipped" not in result else None
+
+
+def early_exit_block(result: dict[str, Any]) -> str:
+    """The generated part of the README's ``## Early exit`` section: the table and the run's facts."""
+    from benchmarks import early_exit
+
+    m = result.get("machine", {})
+    versions = m.get("versions", {})
+    return (f"{early_exit.markdown(result)}\n\nMachine: {m.get('cpu')}, {m.get('cores')} cores (load average "
+            f"{m.get('load_average')} at start), python {versions.get('python')}, torch {versions.get('torch')}, "
+            f"pytorch_lightning {versions.get('pytorch_lightning')}, {m.get('torch_threads')} torch thread(s); "
+            f"{m.get('date')}. Raw numbers: `benchmarks/results/early_exit.json`.")
+
+
+def update_marked(path: Path, start: str, end: str, body: str, heading: str) -> None:
+    """Replace the text between ``start`` and ``end`` in ``path``; without them, add them at the end of the
+    ``heading`` section (or add that section at the end of the file). Everything else is kept; atomic write."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    wrapped = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text and end in text and text.index(start) < text.index(end):
+        head, rest = text.split(start, 1)
+        new = head + wrapped + rest.split(end, 1)[1]
+    else:
+        match = re.search(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", text, flags=re.S | re.M)
+        if match:
+            new = text[:match.end()].rstrip("\n") + "\n\n" + wrapped + "\n\n" + text[match.end():]
+        else:
+            new = text.rstrip("\n") + "\n\n" + heading + "\n\n" + wrapped + "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def publish_sections(path: Path, summary: dict[str, Any]) -> list[str]:
+    """After a published full run: rewrite the FitNets and early-exit README sections from this run's results.
+
+    Returns the names of the sections written (a protocol that failed or was skipped keeps its old section).
+    """
+    written = []
+    protocols = summary["protocols"]
+    fitnets_result = _load_result(protocols.get("fitnets", {}))
+    if fitnets_result is not None:
+        from benchmarks import fitnets
+
+        fitnets.write_readme(fitnets_result, path)
+        written.append("fitnets")
+    early_result = _load_result(protocols.get("early_exit", {}))
+    if early_result is not None:
+        update_marked(path, EARLY_EXIT_START, EARLY_EXIT_END, early_exit_block(early_result), "## Early exit")
+        written.append("early_exit")
+    return written

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from kd_toolkit import _trainer_args as targs
 from kd_toolkit._checks import check_choice, check_int, check_mapping
 from kd_toolkit._io import load_weights
+from kd_toolkit._module_args import check_exclusive, distillation_kwargs
 from kd_toolkit.core.checkpoint import (
     InterruptCheckpoint,
     LastCheckpoint,
@@ -90,8 +91,11 @@ class KnowledgeDistillationTraining:
         inference_pipeline: object with ``run_inference_pipeline(model, loader) -> {"inference_result": x}``.
         student_model: the ``nn.Module`` to train.
         teacher_model: frozen teacher ``nn.Module``, several as a list or a dict ``{name: nn.Module}`` (their
-            mixture is distilled; ``teacher_weights=``/``teacher_mixing=`` go in ``module_kwargs``), or ``None`` to
-            train on labels alone.
+            mixture is distilled), or ``None`` to train on labels alone.
+        teacher_weights: with several teachers, one weight ``>= 0`` per teacher (a list in their order, or a dict by
+            name) with a positive sum, normalised to sum to 1; ``None`` = equal weights.
+        teacher_mixing: ``"probs"`` (``None``: the weighted mixture of the tempered distributions, in log space) or
+            ``"logits"`` (soften the weighted average of the logits).
         logging_param: dict logged as hyperparameters to every logger.
         module: a ready LightningModule (instead of teacher/student and the loss arguments).
         datamodule: a LightningDataModule (instead of the loaders).
@@ -157,6 +161,8 @@ class KnowledgeDistillationTraining:
         teacher_model: nn.Module | list[nn.Module] | dict[str, nn.Module] | None = None,
         logging_param: Mapping[str, Any] | None = None,
         *,
+        teacher_weights: list[float] | dict[str, float] | None = None,
+        teacher_mixing: Literal["probs", "logits"] | None = None,
         module: pl.LightningModule | None = None,
         datamodule: pl.LightningDataModule | None = None,
         test_data_loaders: Mapping[str, DataLoader] | DataLoader | None = None,
@@ -181,7 +187,9 @@ class KnowledgeDistillationTraining:
         check_int("accumulate_grad_batches", accumulate_grad_batches, minimum=1)
         if monitor_mode is not None:
             check_choice("monitor_mode", monitor_mode, ("min", "max"))
-        _check_exclusive(module, student_model, teacher_model, datamodule, train_data_loader)
+        check_exclusive(module, student_model, teacher_model, datamodule, train_data_loader)
+        module_kwargs = distillation_kwargs(module_kwargs, module=module, teacher_weights=teacher_weights,
+                                            teacher_mixing=teacher_mixing)
         seed = targs.check_seed(seed)
         targs.check_trainer_kwargs(trainer_kwargs)
         logging_param = check_mapping("logging_param", logging_param)
@@ -191,14 +199,14 @@ class KnowledgeDistillationTraining:
         self._prepare_data(train_data_loader, val_data_loaders, test_data_loaders, datamodule, cache_teacher_outputs)
         if module is None:
             module = DistillationModule(
-                student_model,  # type: ignore[arg-type]  # not None: checked by `_check_exclusive`
+                student_model,  # type: ignore[arg-type]  # not None: checked by `check_exclusive`
                 teacher_model, temperature=temperature,
                 loss_weights=final_loss_coeff_dict or ({"kd_loss": 1.0} if teacher_model is not None else None),
                 criterion=criterion, optimizer=optimize_method, lr=learning_rate,
                 scheduler=scheduler_method,  # type: ignore[arg-type]  # validated by the module
                 warmup_epochs=num_lr_warm_up_epoch, track_grad_norm=track_grad_norm,
                 inference_pipeline=inference_pipeline, cache_teacher_outputs=cache_teacher_outputs,
-                **dict(module_kwargs or {}),
+                **module_kwargs,
             )
         if not isinstance(module, pl.LightningModule):
             raise ValueError(f"Expected `module` to be a LightningModule, but got {type(module).__name__}.")
@@ -395,17 +403,6 @@ def _logging_interval(loader: Any) -> int:
 
 def _as_list(value: Any) -> list[Any]:
     return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _check_exclusive(module: Any, student: Any, teacher: Any, datamodule: Any, train_loader: Any) -> None:
-    if module is not None and (student is not None or teacher is not None):
-        raise ValueError("Pass either `module=` or `student_model=`/`teacher_model=`, not both.")
-    if module is None and student is None:
-        raise ValueError("Expected a `student_model` (nn.Module) or a ready `module=` LightningModule, but got neither.")
-    if datamodule is not None and train_loader is not None:
-        raise ValueError("Pass either `datamodule=` or `train_data_loader=`, not both.")
-    if datamodule is None and train_loader is None:
-        raise ValueError("Expected a `train_data_loader` (DataLoader) or a `datamodule=`, but got neither.")
 
 
 def _overrides(datamodule: pl.LightningDataModule, name: str) -> bool:
