@@ -43,8 +43,8 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks._common import RESULTS_DIR, BenchmarkSkipped, Split, machine_info, mnist_split, write_json
+from benchmarks._early_exit import quality
 from benchmarks._mnist import QUICK_TEACHER_EPOCHS, TEACHER_EPOCHS, hinton_split, teacher_for
-from benchmarks.early_exit import _accuracy_and_exits
 from kd_toolkit.data import make_loader, stratified_split
 from kd_toolkit.early_exit import EarlyExitModule, EarlyExitNetwork, calibrate_thresholds
 from kd_toolkit.models import LeNet
@@ -99,10 +99,10 @@ def _evaluate(network: EarlyExitNetwork, parts: dict[str, Tensor], x: Tensor, y:
     """Calibrate the thresholds on the validation part, then measure on the test images."""
     calibration = calibrate_thresholds(network, make_loader(parts["x_val"], parts["y_val"], 500),
                                        max_accuracy_drop=TRAINING["max_accuracy_drop"], apply=True)
-    test = _accuracy_and_exits(network, x, y)
-    test.pop("predictions")
+    test = quality(network, x, y)
     return {"thresholds": calibration.thresholds, "val_early_exit_accuracy": calibration.accuracy,
-            "val_exit_shares": calibration.exit_shares, "early_exit_accuracy": test["early_exit_accuracy"],
+            "val_exit_shares": calibration.exit_shares, "accuracy_drop_bound": calibration.accuracy_drop_bound,
+            "early_exit_accuracy": test["early_exit_accuracy"],
             "exit_0_share": test["exit_shares"][0], "exit_shares": test["exit_shares"],
             "final_exit_accuracy": test["full_accuracy"], "mac_speedup": test["mac_speedup"]}
 
