@@ -11,12 +11,19 @@ after a published suite run (FitNets through ``benchmarks.fitnets.write_readme``
 from __future__ import annotations
 
 import importlib
-import json
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from benchmarks._publish import (  # noqa: F401  (re-exported: the suite and tests use them from here)
+    EARLY_EXIT_END,
+    EARLY_EXIT_START,
+    _load_result,
+    publish_sections,
+    update_marked,
+)
+from kd_toolkit._io import write_text
 
 START, END = "<!-- kd-bench:start -->", "<!-- kd-bench:end -->"
 STUDENT_LABELS = {"mnist_student_800": "784-800-800-10", "mnist_student_30": "784-30-30-10"}
@@ -194,12 +201,8 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
 def targets_table(results: dict[str, dict[str, Any]]) -> str:
     """The issue's targets against what this run measured."""
     rows: list[tuple[str, str, bool | None]] = []
-    h = results.get("hinton_mnist", {}).get("result")
-    rows += [(t["target"], t["measured"], t["met"]) for t in (h or {}).get("targets", [])]
     o = results.get("overhead", {}).get("result") or {}
-    if "targets" in o:  # protocol 3 writes its own rows (the whole run and each case)
-        rows += [(t["target"], t["measured"], t["met"]) for t in o["targets"]]
-    for c in o.get("cases", []) if "targets" not in o else []:
+    for c in o.get("cases", []) if "targets" not in o else []:  # results from before protocol 3 wrote its rows
         rows.append((f"kd_toolkit epoch <= 1.05x plain loop, same losses ({c['case']})",
                      f"{c['ratio_kd_toolkit_vs_plain']:.3f}x wall, {c['cpu_ratio_kd_toolkit_vs_plain']:.3f}x CPU; "
                      f"losses agree: {c['losses_agree_5dp']}",
@@ -217,7 +220,7 @@ def targets_table(results: dict[str, dict[str, Any]]) -> str:
         ratio = t["epoch_time_ratio_kd_toolkit_vs_torchdistill"]
         rows.append(("no slower per epoch than torchdistill", f"{ratio:.3f}x", ratio <= 1.0))
     for entry in results.values():  # each protocol's own rows (the module contract's optional "targets")
-        result = entry.get("result") if entry.get("status") == "ok" else None
+        result = _load_result(entry)
         targets = result.get("targets") if isinstance(result, dict) else None
         for row in targets if isinstance(targets, list) else []:  # anything else under "targets" is not ours
             if isinstance(row, dict) and {"target", "measured"} <= set(row):
@@ -377,67 +380,4 @@ def update_readme(path: Path, block: str) -> None:
         cut = match.start() if match else len(text)
         head, tail = text[:cut].rstrip("\n"), text[cut:]
         new = (head + "\n\n" if head else "") + wrapped + "\n" + ("\n" + tail if tail else "")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(new, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-EARLY_EXIT_START, EARLY_EXIT_END = "<!-- kd-bench:early_exit:start -->", "<!-- kd-bench:early_exit:end -->"
-
-
-def _load_result(entry: dict[str, Any]) -> dict[str, Any] | None:
-    result = entry.get("result")
-    if not isinstance(result, dict) and entry.get("result_file"):
-        result = json.loads(Path(entry["result_file"]).read_text(encoding="utf-8"))
-    return result if entry.get("status") == "ok" and isinstance(result, dict) and "skipped" not in result else None
-
-
-def early_exit_block(result: dict[str, Any]) -> str:
-    """The generated part of the README's ``## Early exit`` section: the table and the run's facts."""
-    from benchmarks import early_exit
-
-    m = result.get("machine", {})
-    versions = m.get("versions", {})
-    return (f"{early_exit.markdown(result)}\n\nMachine: {m.get('cpu')}, {m.get('cores')} cores (load average "
-            f"{m.get('load_average')} at start), python {versions.get('python')}, torch {versions.get('torch')}, "
-            f"pytorch_lightning {versions.get('pytorch_lightning')}, {m.get('torch_threads')} torch thread(s); "
-            f"{m.get('date')}. Raw numbers: `benchmarks/results/early_exit.json`.")
-
-
-def update_marked(path: Path, start: str, end: str, body: str, heading: str) -> None:
-    """Replace the text between ``start`` and ``end`` in ``path``; without them, add them at the end of the
-    ``heading`` section (or add that section at the end of the file). Everything else is kept; atomic write."""
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    wrapped = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text and text.index(start) < text.index(end):
-        head, rest = text.split(start, 1)
-        new = head + wrapped + rest.split(end, 1)[1]
-    else:
-        match = re.search(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", text, flags=re.S | re.M)
-        if match:
-            new = text[:match.end()].rstrip("\n") + "\n\n" + wrapped + "\n\n" + text[match.end():]
-        else:
-            new = text.rstrip("\n") + "\n\n" + heading + "\n\n" + wrapped + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def publish_sections(path: Path, summary: dict[str, Any]) -> list[str]:
-    """After a published full run: rewrite the FitNets and early-exit README sections from this run's results.
-
-    Returns the names of the sections written (a protocol that failed or was skipped keeps its old section).
-    """
-    written = []
-    protocols = summary["protocols"]
-    fitnets_result = _load_result(protocols.get("fitnets", {}))
-    if fitnets_result is not None:
-        from benchmarks import fitnets
-
-        fitnets.write_readme(fitnets_result, path)
-        written.append("fitnets")
-    early_result = _load_result(protocols.get("early_exit", {}))
-    if early_result is not None:
-        update_marked(path, EARLY_EXIT_START, EARLY_EXIT_END, early_exit_block(early_result), "## Early exit")
-        written.append("early_exit")
-    return written
+    write_text(new, path)
