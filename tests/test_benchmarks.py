@@ -71,6 +71,9 @@ def test_fitnets_benchmark_smoke(tmp_path):
             assert r["val_error_pct"] == min(r["val_curve"]) and r["test_error_pct"] == r["test_curve"][r["best_epoch"] - 1]
     assert [t["met"] in (True, False) for t in result["targets"]] == [True, True, True]
     assert result["arms"]["fitnets_two_stage"]["runs"][0]["kd_weight"] == [None, 0.25]  # hint, then KD
+    hint_lr, kd_lr = fitnets.HPARAMS["hint_lr"], result["arms"]["fitnets_two_stage"]["lr"]
+    assert hint_lr != kd_lr and result["arms"]["fitnets_two_stage"]["runs"][0]["base_lr"] == [hint_lr, kd_lr]
+    assert result["arms"]["plain"]["runs"][0]["base_lr"] == [result["arms"]["plain"]["lr"]] * 2
     section = fitnets.readme_section(result)
     assert section.startswith("## FitNets") and "| FitNets, two-stage (paper) |" in section
     fitnets.write_readme(result, tmp_path / "README.md")

@@ -148,7 +148,8 @@ class FitNetMNIST(nn.Module):
     classifier. With the defaults (``depth=10``, ``width=16``) it has 21,210 parameters and about 1.1M
     multiply-adds per image, so a CPU trains it in seconds per epoch. Without normalisation and with the
     Glorot init (``init="xavier"``, zero biases; ``"default"`` keeps PyTorch's), each block shrinks the
-    signal, and SGD on labels alone barely moves it from chance: that is what hints are meant to fix.
+    signal: SGD with momentum on labels alone often stalls at one class, Adam trains it slowly; that is what
+    hints are meant to fix.
     :attr:`hint_layer` (``features.{depth // 2}``, ``(B, width, 7, 7)``) is the middle, FitNets' guided
     layer; it pairs with :class:`WideCNN`'s hint layer ``features.2`` (``(B, 2w, 7, 7)``).
 
@@ -200,7 +201,7 @@ class FitNetTeacherMNIST(nn.Module):
     Three 3x3 conv-BN-ReLU blocks ``features.0`` .. ``features.2`` of ``width`` channels (2x2 max pooling
     after the first two: 28 -> 14 -> 7), then dropout and a linear classifier on the flattened 7x7 maps
     (other input sizes are average-pooled to 7x7 first). ``features.2`` (``(B, width, 7, 7)``) is the hint layer for
-    :class:`FitNetMNIST`'s guided layer ``features.5`` (``(B, 16, 7, 7)``).
+    any of :class:`FitNetMNIST`'s 7x7 layers ``features.2`` onwards (``(B, width, 7, 7)``), e.g. its guided layer.
 
     Args:
         num_classes: Number of output logits.
