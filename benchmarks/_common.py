@@ -309,3 +309,23 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return repr(obj)
+
+
+def script_main(doc: str | None, run: Callable[..., dict[str, Any]], markdown: Callable[[dict[str, Any]], str],
+                label: str, quick_help: str = "smoke run") -> tuple[dict[str, Any], Path] | None:
+    """The command line of a benchmark script: ``--quick``, ``--out-dir``, ``--threads``; runs it and prints its
+    section. Returns ``(result, out_dir)`` for the script's own last lines, or None when the benchmark skipped."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=(doc or label).splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    try:
+        result = run(quick=args.quick, out_dir=args.out_dir, threads=args.threads)
+    except BenchmarkSkipped as skipped:
+        print(f"{label} benchmark skipped: {skipped}")
+        return None
+    print(markdown(result))
+    return result, args.out_dir

@@ -29,7 +29,6 @@ Usage (from the repository root)::
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -43,7 +42,7 @@ if __package__ in (None, ""):  # run as a file: make `benchmarks` and `kd_toolki
 import torch
 
 from benchmarks import _early_exit as ee
-from benchmarks._common import RESULTS_DIR, BenchmarkSkipped, machine_info, mnist_split, write_json
+from benchmarks._common import RESULTS_DIR, machine_info, mnist_split, script_main, write_json
 from kd_toolkit.early_exit import EarlyExitNetwork, exit_macs
 from kd_toolkit.early_exit.calibration import calibrate_thresholds
 
@@ -231,22 +230,14 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run (< 20 s)")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    try:
-        result = run(quick=args.quick, out_dir=args.out_dir, threads=args.threads)
-    except BenchmarkSkipped as skipped:
-        print(f"Early-exit benchmark skipped: {skipped}")
+    ran = script_main(__doc__, run, markdown, "Early-exit", "smoke run (< 20 s)")
+    if ran is None:
         return
-    print(markdown(result))
+    result, out_dir = ran
     print("\n" + "\n".join(f"- {t['target']}: {t['measured']} ({'met' if t['met'] else 'NOT met'})"
                            for t in result["targets"]))
     print(f"\n{result['seconds']:.0f} s; load average {result['load_average_start']} -> {result['load_average_end']}; "
-          f"written to {args.out_dir / (NAME + '.json')}")
-
+          f"written to {out_dir / (NAME + '.json')}")
 
 if __name__ == "__main__":
     main()

@@ -27,7 +27,6 @@ Usage (from the repository root)::
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -42,7 +41,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from benchmarks._common import RESULTS_DIR, BenchmarkSkipped, Split, machine_info, mnist_split, write_json
+from benchmarks._common import RESULTS_DIR, Split, machine_info, mnist_split, script_main, write_json
 from benchmarks._early_exit import quality
 from benchmarks._mnist import QUICK_TEACHER_EPOCHS, TEACHER_EPOCHS, hinton_split, teacher_for
 from kd_toolkit.data import make_loader, stratified_split
@@ -181,22 +180,14 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run (< 1 min)")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    try:
-        result = run(quick=args.quick, out_dir=args.out_dir, threads=args.threads)
-    except BenchmarkSkipped as skipped:
-        print(f"Early-exit teacher benchmark skipped: {skipped}")
+    ran = script_main(__doc__, run, markdown, "Early-exit teacher", "smoke run (< 1 min)")
+    if ran is None:
         return
+    result, out_dir = ran
     machine = result["machine"]
-    print(markdown(result))
     print(f"\nteacher test accuracy {100 * result['teacher']['acc']:.2f}%; machine: {machine['cpu']}, "
           f"{machine['cores']} cores, load {machine['load_average']}, {machine['torch_threads']} torch thread(s); "
-          f"{result['seconds']:.0f} s; written to {args.out_dir / (NAME + '.json')}")
-
+          f"{result['seconds']:.0f} s; written to {out_dir / (NAME + '.json')}")
 
 if __name__ == "__main__":
     main()

@@ -24,7 +24,6 @@ Usage (from the repository root)::
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -40,7 +39,7 @@ if __package__ in (None, ""):  # run as a file: make `benchmarks` and `kd_toolki
 import torch
 from torch import Tensor, nn
 
-from benchmarks._common import RESULTS_DIR, BenchmarkSkipped, machine_info, mnist_split, write_json
+from benchmarks._common import RESULTS_DIR, BenchmarkSkipped, machine_info, mnist_split, script_main, write_json
 from kd_toolkit.early_exit import EarlyExitNetwork, export_network, mac_parts
 from kd_toolkit.early_exit.export import capture, export_program
 
@@ -230,21 +229,13 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    try:
-        result = run(quick=args.quick, out_dir=args.out_dir, threads=args.threads)
-    except BenchmarkSkipped as skipped:
-        print(f"Export benchmark skipped: {skipped}")
+    ran = script_main(__doc__, run, markdown, "Export", "smoke run")
+    if ran is None:
         return
-    print(markdown(result))
+    result, out_dir = ran
     machine = result["machine"]
-    print(f"\nmachine: {machine['cpu']}, {machine['cores']} cores, {args.threads} thread(s); load average "
-          f"{result['load_average_start']} -> {result['load_average_end']}; written to {args.out_dir / (NAME + '.json')}")
-
+    print(f"\nmachine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} thread(s); load "
+          f"average {result['load_average_start']} -> {result['load_average_end']}; written to {out_dir / (NAME + '.json')}")
 
 if __name__ == "__main__":
     main()
