@@ -7,79 +7,27 @@ publishes them: ``benchmarks/results/<protocol>.json``, ``summary-full.json``, `
 ``benchmarks/README.md`` and its FitNets and early-exit sections, leaving the rest of that file untouched. Without
 ``--readme`` no tracked file changes (``results/quick/`` and ``results/latest/`` are git-ignored); an unpublished
 full run writes the FitNets and early-exit JSON under ``results/latest/suite/``.
+
+The accuracy protocols run two at a time in worker processes (``--jobs``), the timing protocols alone afterwards; see
+:mod:`benchmarks._suite`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-import inspect
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from benchmarks._common import RESULTS_DIR, BenchmarkSkipped, machine_info, write_json
+from benchmarks._common import RESULTS_DIR, machine_info, write_json
+from benchmarks._suite import EXTERNAL, LANES, PROTOCOLS, run_protocol, run_suite
 from benchmarks.report import publish_sections, readme_block, render, update_readme
 
 README = Path(__file__).resolve().parent / "README.md"
-#: Protocol name -> module. Protocol 1 comes first: every later MNIST protocol (4, 5, ensemble, logit_losses,
-#: early_exit_teacher, cache_scaling) reuses its teachers in the same process (``benchmarks._mnist.teacher_for``), and
-#: logit_losses reuses ensemble's plain and single-teacher student runs (``benchmarks._selection.run_student``).
-PROTOCOLS: dict[str, str] = {
-    "hinton_mnist": "benchmarks.hinton_mnist",
-    "caching": "benchmarks.caching",
-    "torchdistill": "benchmarks.torchdistill_peer",
-    "overhead": "benchmarks.overhead",
-    "digits": "benchmarks.digits",
-    "ensemble": "benchmarks.ensemble",
-    "logit_losses": "benchmarks.logit_losses",
-    "early_exit_teacher": "benchmarks.early_exit_teacher",
-    "cache_scaling": "benchmarks.cache_scaling",
-    "export": "benchmarks.export",
-    "fitnets": "benchmarks.fitnets",
-    "early_exit": "benchmarks.early_exit",
-}
-#: Protocols with a README section of their own (rewritten by ``--readme``, not part of the suite's block).
-EXTERNAL = ("fitnets", "early_exit")
-
-
-def run_protocol(name: str, quick: bool, out_dir: Path, threads: int, publish: bool = False) -> dict[str, Any]:
-    """Run one protocol; never raises: a skip or a failure is recorded with its reason.
-
-    An unpublished full run writes the EXTERNAL protocols' JSON under ``out_dir/suite/``.
-    """
-    module_name = PROTOCOLS[name]
-    start, start_cpu = time.perf_counter(), time.process_time()
-    entry: dict[str, Any] = {"status": "ok", "module": module_name}
-    try:
-        if importlib.util.find_spec(module_name) is None:
-            raise BenchmarkSkipped(f"{module_name} is not in this checkout")
-        module = importlib.import_module(module_name)
-        separate = name in EXTERNAL and not quick and not publish
-        kwargs: dict[str, Any] = {"quick": quick, "out_dir": Path(out_dir) / "suite" if separate else out_dir}
-        if "threads" in inspect.signature(module.run).parameters:
-            kwargs["threads"] = threads
-        result = module.run(**kwargs)
-        if isinstance(result, dict) and "skipped" in result:  # the FitNets script's way of skipping
-            entry.update(status="skipped", reason=str(result["skipped"]))
-        else:
-            entry["result"] = result
-        if name in EXTERNAL:
-            entry.update(external=True, result_file=str(Path(kwargs["out_dir"]) / f"{name}.json"))
-    except BenchmarkSkipped as skip:
-        entry.update(status="skipped", reason=str(skip))
-    except Exception as err:
-        entry.update(status="failed", reason=f"{type(err).__name__}: {err}"[:400], traceback=traceback.format_exc())
-    finally:
-        torch.set_num_threads(threads)  # a protocol may have changed it
-    entry["seconds"], entry["cpu_seconds"] = time.perf_counter() - start, time.process_time() - start_cpu
-    return entry
+__all__ = ["EXTERNAL", "LANES", "PROTOCOLS", "main", "run_protocol"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,12 +40,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: on a shared 2-core machine more threads make "
                              "timings erratic)")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="accuracy protocols run in this many parallel lanes (one process, one thread each); "
+                             "the timing protocols always run alone afterwards (default 2: the 2-core machine the "
+                             "suite is sized for; 1 runs everything one after the other)")
     readme = parser.add_mutually_exclusive_group()
     readme.add_argument("--readme", dest="readme", action="store_true", default=None,
                         help="publish: write the figures in benchmarks/results/ and update benchmarks/README.md "
                              "(default: off; the published files are tracked by git)")
     readme.add_argument("--no-readme", dest="readme", action="store_false")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be a positive integer, got {args.jobs}")
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(PROTOCOLS)
     unknown = sorted(set(names) - set(PROTOCOLS))
     if unknown:
@@ -109,15 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         args.out_dir = RESULTS_DIR / "quick" if quick else RESULTS_DIR if args.readme else RESULTS_DIR / "latest"
     command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
     machine, start = machine_info(), time.perf_counter()
-    protocols: dict[str, Any] = {}
-    for name in names:
-        print(f"[benchmarks] {name} ({args.suite}) ...", flush=True)
-        protocols[name] = entry = run_protocol(name, quick, args.out_dir, args.threads, publish=bool(args.readme))
-        print(f"[benchmarks] {name}: {entry['status']} in {entry['seconds']:.0f} s ({entry['cpu_seconds']:.0f} s CPU)"
-              + (f" ({entry['reason']})" if entry.get("reason") else ""), flush=True)
-        if entry["status"] == "failed":
-            print(entry["traceback"], file=sys.stderr, flush=True)
-    summary = {"suite": args.suite, "command": command.strip(), "threads": args.threads, "machine": machine,
+    protocols, plan = run_suite(names, quick, args.out_dir, args.threads, bool(args.readme), args.jobs)
+    summary = {"suite": args.suite, "command": command.strip(), "threads": args.threads, "schedule": plan,
+               "machine": machine,
                "load_average_end": machine_info()["load_average"], "seconds": time.perf_counter() - start,
                "protocols": protocols}
     write_json(args.out_dir, f"summary-{args.suite}", summary)

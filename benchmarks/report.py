@@ -249,6 +249,16 @@ def section_of(name: str, entry: dict[str, Any]) -> tuple[str, Callable[[dict[st
     return (title.rstrip("."), table) if callable(table) else (name, None)
 
 
+def _schedule(plan: dict[str, Any] | None) -> str:
+    if not plan or not plan.get("lanes"):
+        return ""
+    lanes = "; ".join(", ".join(f"`{n}`" for n in lane) for lane in plan["lanes"])
+    alone = ", ".join(f"`{n}`" for n in plan["alone"]) or "none"
+    return (f" The accuracy protocols ran in {len(plan['lanes'])} lanes, {plan['jobs']} in parallel, one process "
+            f"and one thread each ({lanes}); the timing protocols ran afterwards one at a time with nothing else "
+            f"running ({alone}).")
+
+
 def render(summary: dict[str, Any]) -> str:
     """The Markdown for one suite run: header, machine, targets, one section per protocol, status of the rest."""
     m = summary["machine"]
@@ -261,8 +271,8 @@ def render(summary: dict[str, Any]) -> str:
         f"{summary['threads']} torch thread(s); python {v['python']}, torch {v['torch']}, pytorch_lightning "
         f"{v['pytorch_lightning']}, torchdistill {v['torchdistill']}, kd_toolkit {v['kd_toolkit']}. Load average "
         f"at start {m['load_average']}, at end {summary['load_average_end']}; the suite took "
-        f"{summary['seconds'] / 60:.1f} min. Every figure below is measured by the scripts in this folder "
-        f"(JSON in `benchmarks/results/`).",
+        f"{summary['seconds'] / 60:.1f} min.{_schedule(summary.get('schedule'))} Every figure below is measured by "
+        f"the scripts in this folder (JSON in `benchmarks/results/`).",
         "",
         "### Targets", "", targets_table(results), "",
     ]

@@ -129,3 +129,40 @@ def test_published_run_rewrites_the_fitnets_and_early_exit_sections(tmp_path):
     update_marked(readme, "<!-- x:start -->", "<!-- x:end -->", "new body", "## Early exit")
     text = readme.read_text()
     assert text.index("new body") < text.index("## FitNets") and text.index("Prose after.") < text.index("new body")
+
+
+def test_the_suite_runs_its_lanes_in_parallel_processes_then_the_rest_alone(tmp_path, monkeypatch):
+    from benchmarks import _suite
+
+    monkeypatch.setattr(_suite, "LANES", (("torchdistill",), ("cache_scaling",)))
+    assert _suite.schedule(["cache_scaling", "export", "torchdistill"], jobs=2) == {
+        "jobs": 2, "lanes": [["torchdistill"], ["cache_scaling"]], "alone": ["export"]}
+    assert _suite.schedule(["cache_scaling", "torchdistill"], jobs=1)["lanes"] == []  # --jobs 1: one by one
+    assert _suite.schedule(["cache_scaling", "torchdistill"], jobs=8)["jobs"] == 2  # no more workers than lanes
+    assert main(["--suite", "quick", "--only", "cache_scaling,torchdistill", "--out-dir", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary-quick.json").read_text())
+    assert summary["schedule"]["lanes"] == [["torchdistill"], ["cache_scaling"]]
+    assert list(summary["protocols"]) == ["torchdistill", "cache_scaling"]  # reported in PROTOCOLS order
+    assert summary["protocols"]["cache_scaling"]["status"] == "ok" and (tmp_path / "cache_scaling.json").is_file()
+    assert "in parallel, one process" in (tmp_path / "quick.md").read_text()
+    with pytest.raises(SystemExit):
+        main(["--suite", "quick", "--jobs", "0"])
+
+
+@pytest.mark.skipif(not HAS_MNIST, reason="MNIST test files absent")
+def test_a_teacher_in_the_shared_folder_is_trained_once_and_loaded_bit_identical(tmp_path, monkeypatch):
+    import torch
+
+    from benchmarks import _mnist
+
+    monkeypatch.setenv(_mnist.TEACHER_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(_mnist, "_TEACHERS", {})
+    split, _ = _mnist.hinton_split(200, 100)
+    trained, info = _mnist.teacher_for(split, 0, 1)
+    assert len(list(tmp_path.glob("mnist_teacher-*.pt"))) == 1 and "loaded_from_shared_folder" not in info
+    monkeypatch.setattr(_mnist, "_TEACHERS", {})  # another process: its memo is empty
+    loaded, again = _mnist.teacher_for(split, 0, 1)
+    assert loaded is not trained and again["loaded_from_shared_folder"] and again["acc"] == info["acc"]
+    assert not loaded.training
+    for (name, a), (_, b) in zip(trained.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
