@@ -24,7 +24,7 @@ from kd_toolkit.models import create_model
 TEMPERATURE, WEIGHTS, LR, BATCH = 4.0, {"hard_loss": 0.5, "kd_loss": 0.5}, 1e-3, 128
 #: The whole run of the issue: 800-800 student, live 1200-1200 teacher, 8 epochs, 2 torch threads; the validation
 #: part (1/8) is carved from the 8,000 training images.
-WHOLE_RUN: dict[str, Any] = {"student": "mnist_student_800", "epochs": 8, "repeats": 3, "threads": 2,
+WHOLE_RUN: dict[str, Any] = {"student": "mnist_student_800", "epochs": 8, "repeats": 5, "threads": 2,
                              "val_fraction": 0.125, "val_batch": 256}
 
 

@@ -322,8 +322,10 @@ python -m benchmarks --suite full --readme   # the same, published: results/*.js
 make bench                           # = the quick suite (make bench-full: the full suite)
 ```
 
-Options: `--only hinton_mnist,overhead` (a subset), `--threads N` (default 1), `--out-dir DIR`,
-`--readme/--no-readme`. The MNIST protocols read the 10,000 MNIST test images from
+Options: `--only hinton_mnist,overhead` (a subset), `--threads N` (default 1), `--jobs N` (default 2),
+`--out-dir DIR`, `--readme/--no-readme`. The protocols whose figures are accuracies run `--jobs` at a time in
+worker processes, one torch thread each (at one thread the figures do not depend on the load); the protocols that
+measure time run afterwards, one at a time, with nothing else running (`--jobs 1`: everything one by one). The MNIST protocols read the 10,000 MNIST test images from
 `../shared/data/mnist-test` (or `$KD_BENCH_MNIST_DIR`), split stratified at random 8,000 train / 2,000 test
 (seed 0), and are skipped with a message when the files are absent; protocol 5 is skipped with a message when
 torchdistill cannot be imported (`pip install torchdistill`). The suites also run the issue-13 protocols
