@@ -8,12 +8,15 @@ exit) through ``KnowledgeDistillationTraining``:
 * ``lenet``: LeNet-5 (:class:`kd_toolkit.models.LeNet`), whose block 0 (a 5x5 conv and a pool over the full 28x28
   map) is most of its wall time, so leaving after it saves MACs but little time;
 * ``b_lenet``: B-LeNet (:class:`kd_toolkit.early_exit.models.BLeNet`), BranchyNet's placement: a cheap strided
-  3x3 conv, exit 0 (one hidden layer of 32), the expensive stages later.
+  3x3 conv, exit 0 (one Linear on its features: few calls, which is what batch-1 latency pays for), the expensive
+  stages later. Exit heads without a hidden layer were chosen over one hidden layer of 32 on validation (same
+  thresholds' drop bound, about the same exit-0 share, a higher ideal speed-up at batch 1 from the validation shares).
 
 Thresholds are calibrated on the validation part for at most 0.5 points of accuracy below the final exit, at a 95%
 one-sided Clopper-Pearson bound on the drop (``calibrate_thresholds(confidence_level=0.95)``). The 2,000 test images
 give the figures: accuracy, exit shares, MACs; per-segment wall time at batch 1 and 256 and the exit decision's
-cost; the ideal speed-up ``S* = t_full / sum_k q_k (t_0 + ... + t_k)`` from those times and the test exit shares,
+cost; the ideal speed-up ``S* = t_full / sum_k q_k (t_0 + ... + t_k)`` from those times (a segment is a block and
+its exit head: the decision, indexing and host syncs are ``predict``'s own overhead, which the achieved figure pays) and the test exit shares,
 and the achieved speed-up against it (batch 256: throughput of ``predict`` over the blocks alone, paired median of
 alternating runs; batch 1: median latency of the blocks alone over the exit-share-weighted median latency of
 ``predict`` per exit); latency percentiles at batch 1; time per sample at batch 1, 8, 32 and 256. The calibration's
@@ -55,7 +58,7 @@ QUICK = {"n_train": 1500, "n_test": 500, "val": 300, "epochs": 1, "repeats": 2, 
          "latency_samples": 100, "batch_repeats": 1, "splits": 2,
          "static_candidates": [{"channels": (4, 8, 16), "hidden": 32}]}
 NETWORKS = {"lenet": {"model": "lenet", "kwargs": {}, "exit_hidden": [[], []]},
-            "b_lenet": {"model": "b_lenet", "kwargs": {}, "exit_hidden": [[32], []]}}
+            "b_lenet": {"model": "b_lenet", "kwargs": {}, "exit_hidden": [[], []]}}
 MAX_DROP, LEVEL = 0.005, 0.95
 BATCH_SIZES = (1, 8, 32, 256)
 TARGETS = {"latency_batch_1": 3.0, "throughput_batch_256": 2.0, "achieved_over_ideal": 0.85}
@@ -198,7 +201,7 @@ def markdown(result: dict[str, Any]) -> str:
              row("MACs per sample: plain / early exit", lambda r: f"{r['test']['plain_macs']:,} / "
                  f"{r['test']['average_macs']:,.0f} ({r['test']['mac_speedup']:.2f}x)")]
     for b in ("1", "256"):
-        lines.append(row(f"Segment time at batch {b}, ms (seg 0 / 1 / 2; no exits)", lambda r, b=b: " / ".join(
+        lines.append(row(f"Segment time (block + head) at batch {b}, ms (seg 0 / 1 / 2; no exits)", lambda r, b=b: " / ".join(
             f"{t:.3f}" for t in r["segment_time"][b]["segment_ms"]) + f"; {r['segment_time'][b]['full_ms']:.3f}"))
         lines.append(row(f"Exit decision at batch {b}, us (exit 0 / 1)", lambda r, b=b: " / ".join(
             f"{t:.1f}" for t in r["segment_time"][b]["decide_us"])))
