@@ -129,18 +129,39 @@ def ideal_speedup(times: dict[str, Any], shares: Sequence[float]) -> float:
     return times["full_ms"] / expected
 
 
-def latencies(fns: dict[str, Callable[[Tensor], Any]], x: Tensor) -> dict[str, list[float]]:
-    """Per-sample wall time (ms) of each function at batch 1, alternating functions on every sample."""
+def latencies(fns: dict[str, Callable[[Tensor], Any]], x: Tensor,
+              network: EarlyExitNetwork | None = None) -> dict[str, list[float]]:
+    """Per-sample wall time (ms) of each function at batch 1, alternating functions on every sample.
+
+    With ``network``, the same loop also times its segments on every sample, walking the chain piece by piece
+    (``segment_k``: block ``k`` and its exit head, a closed head skipped, on the sample's features from segment
+    ``k - 1``): the ideal speed-up at batch 1 then comes from the same samples, load and order as the achieved one.
+    """
     times: dict[str, list[float]] = {name: [] for name in fns}
-    names = list(fns)
+    arms: dict[str, Callable[[Tensor], Any]] = dict(fns)
+    if network is not None:
+        arms["segments"] = lambda sample: _walk_segments(network, sample, times)
+    names = list(arms)
     with torch.no_grad():
         for i in range(len(x)):
             sample = x[i : i + 1]  # (1, 1, 28, 28)
             for name in names if i % 2 == 0 else reversed(names):
                 start = time.perf_counter()
-                fns[name](sample)
-                times[name].append(1000.0 * (time.perf_counter() - start))
+                arms[name](sample)
+                if name in fns:
+                    times[name].append(1000.0 * (time.perf_counter() - start))
     return times
+
+
+def _walk_segments(network: EarlyExitNetwork, h: Tensor, times: dict[str, list[float]]) -> None:
+    last = network.num_exits - 1
+    for k, block in enumerate(network.blocks):
+        head = network.exits[k] if k < last and runtime.head_runs(network.thresholds[k]) else None
+        start = time.perf_counter()
+        h = block(h)
+        if head is not None:
+            head(h)
+        times.setdefault(f"segment_{k}", []).append(1000.0 * (time.perf_counter() - start))
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:

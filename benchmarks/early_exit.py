@@ -81,9 +81,14 @@ def _network(spec: dict[str, Any], parts: dict[str, Any], data: Any, settings: d
     fns = {"plain": network.blocks, "early_exit": network.predict}
     rate = ee.throughput(fns, x, settings["repeats"])
     n_lat = settings["latency_samples"]
-    lat = ee.latencies(fns, x[:n_lat])
+    lat = ee.latencies(fns, x[:n_lat], network)
+    one = segments["1"]  # batch 1: the segments timed on the same samples, in the same loop, as the achieved figure
+    one["repeated_sample_ms"] = {"full_ms": one["full_ms"], "segment_ms": one["segment_ms"]}
+    one.update(full_ms=statistics.median(lat["plain"]),
+               segment_ms=[statistics.median(lat.pop(f"segment_{k}")) for k in range(network.num_exits)])
     by_exit = [[t for t, k in zip(lat["early_exit"], exit_index[:n_lat].tolist()) if k == e]
                for e in range(network.num_exits)]
+    ideal["1"] = ee.ideal_speedup(one, [len(v) / n_lat for v in by_exit])  # the timed samples' shares, as achieved
     weighted = sum(len(v) / n_lat * statistics.median(v) for v in by_exit if v)
     achieved = {"256": rate["speedup"], "1": statistics.median(lat["plain"]) / weighted}
     pool_x, pool_y = torch.cat([parts["x_val"], x]), torch.cat([parts["y_val"], y])

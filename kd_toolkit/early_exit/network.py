@@ -10,6 +10,7 @@ sends the features of the others to the next device. The exit rule and the chain
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Sequence
@@ -23,6 +24,8 @@ from kd_toolkit.early_exit import runtime
 from kd_toolkit.early_exit.runtime import ConfidenceRule, check_confidence, confidence_scores, eval_mode
 
 __all__ = ["EarlyExitNetwork", "EarlyExitNetworkSegmentor", "EarlyExitPrediction"]
+
+_ALREADY_OFF = contextlib.nullcontext()  # predict under a caller's no_grad: no second context to enter and leave
 
 
 class EarlyExitPrediction(NamedTuple):
@@ -196,7 +199,7 @@ class EarlyExitNetwork(nn.Module):
                                     self.confidence, parts)
         modules = getattr(self, "_module_list", None) or tuple(self.modules())
         training = [m for m in modules if m.training]
-        with torch.no_grad():
+        with torch.no_grad() if torch.is_grad_enabled() else _ALREADY_OFF:
             if not training:  # already in eval mode: nothing to switch or restore
                 return self._run(cached, x)
             with eval_mode(self, training):

@@ -225,9 +225,8 @@ def run_one(parts: Sequence[tuple[Callable[[Tensor], Tensor], Callable[[Tensor],
         predicted = values.index(max(values))  # torch's argmax also returns the first largest
     else:  # NaN or inf: torch's argmax decides (NaN counts as the largest)
         predicted = int(logits.argmax(dim=-1))
-    device = logits.device
-    return (torch.full((1,), predicted, dtype=torch.long, device=device),
-            torch.full((1,), exit_at, dtype=torch.long, device=device), logits)
+    return (logits.new_full((1,), predicted, dtype=torch.long),  # new_full: the logits' device, no device argument
+            logits.new_full((1,), exit_at, dtype=torch.long), logits)
 
 
 def run_chain(steps: Sequence[Callable[[Tensor], StepResult]], x: Tensor,
