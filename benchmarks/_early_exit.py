@@ -89,9 +89,10 @@ def _timed(fn: Callable[[], Any]) -> Callable[[], dict[str, float]]:
 def segment_times(network: EarlyExitNetwork, x: Tensor, repeats: int) -> dict[str, Any]:
     """Median wall time (ms) of the plain network and of every segment on a whole batch of its input.
 
-    Segment ``k`` is block ``k``, its exit head and the exit decision (:func:`runtime.block_step`, a closed exit's
-    head skipped as ``predict`` does); the last segment is the last block. ``decide_us``: the exit decision alone
-    (confidence and rule) per exit, in microseconds.
+    Segment ``k`` is the network's own work there: block ``k`` and its exit head (a closed exit's head skipped, as
+    ``predict`` does); the last segment is the last block. The exit decision is ``predict``'s own overhead, not part
+    of a segment: ``decide_us`` times it alone per exit, in microseconds, as ``predict`` makes it at this batch size
+    (:func:`runtime.leaves_one` from the logits for one sample, :func:`runtime.decide` for a batch).
     """
     inputs, h = [], x
     with torch.no_grad():
@@ -102,15 +103,16 @@ def segment_times(network: EarlyExitNetwork, x: Tensor, repeats: int) -> dict[st
         arms: dict[str, Callable[[], dict[str, float]]] = {"full": _timed(lambda: network.blocks(x))}
         decisions: dict[str, Callable[[], dict[str, float]]] = {}
         for k in range(network.num_exits):
-            block, head = network.blocks[k], (network.exits[k] if k < last else None)
-            threshold = network.thresholds[k] if k < last else None
-            arms[f"segment_{k}"] = _timed(lambda b=block, e=head, t=threshold, i=inputs[k]:
-                                          runtime.block_step(b, e, t, network.confidence, i))
+            block, threshold = network.blocks[k], (network.thresholds[k] if k < last else 1.0)
+            head = network.exits[k] if k < last and runtime.head_runs(threshold) else None
+            arms[f"segment_{k}"] = _timed(lambda b=block, e=head, i=inputs[k]: b(i) if e is None else e(b(i)))
             if k < last:
                 features = block(inputs[k])
                 logits = network.exits[k](features)
-                decisions[f"decide_{k}"] = _timed(lambda f=features, g=logits:
-                                                  runtime.decide(f, g, 0.5, network.confidence))
+                one = x.shape[0] == 1
+                decisions[f"decide_{k}"] = _timed(
+                    (lambda g=logits: runtime.leaves_one(g, 0.5, network.confidence, g.tolist()[0])) if one else
+                    (lambda f=features, g=logits: runtime.decide(f, g, 0.5, network.confidence)))
         times = interleave({**arms, **decisions}, repeats, warmup=3)
     medians = {name: statistics.median(r["ms"] for r in runs) for name, runs in times.items()}
     return {"batch_size": int(x.shape[0]), "full_ms": medians["full"],
@@ -127,18 +129,39 @@ def ideal_speedup(times: dict[str, Any], shares: Sequence[float]) -> float:
     return times["full_ms"] / expected
 
 
-def latencies(fns: dict[str, Callable[[Tensor], Any]], x: Tensor) -> dict[str, list[float]]:
-    """Per-sample wall time (ms) of each function at batch 1, alternating functions on every sample."""
+def latencies(fns: dict[str, Callable[[Tensor], Any]], x: Tensor,
+              network: EarlyExitNetwork | None = None) -> dict[str, list[float]]:
+    """Per-sample wall time (ms) of each function at batch 1, alternating functions on every sample.
+
+    With ``network``, the same loop also times its segments on every sample, walking the chain piece by piece
+    (``segment_k``: block ``k`` and its exit head, a closed head skipped, on the sample's features from segment
+    ``k - 1``): the ideal speed-up at batch 1 then comes from the same samples, load and order as the achieved one.
+    """
     times: dict[str, list[float]] = {name: [] for name in fns}
-    names = list(fns)
+    arms: dict[str, Callable[[Tensor], Any]] = dict(fns)
+    if network is not None:
+        arms["segments"] = lambda sample: _walk_segments(network, sample, times)
+    names = list(arms)
     with torch.no_grad():
         for i in range(len(x)):
             sample = x[i : i + 1]  # (1, 1, 28, 28)
             for name in names if i % 2 == 0 else reversed(names):
                 start = time.perf_counter()
-                fns[name](sample)
-                times[name].append(1000.0 * (time.perf_counter() - start))
+                arms[name](sample)
+                if name in fns:
+                    times[name].append(1000.0 * (time.perf_counter() - start))
     return times
+
+
+def _walk_segments(network: EarlyExitNetwork, h: Tensor, times: dict[str, list[float]]) -> None:
+    last = network.num_exits - 1
+    for k, block in enumerate(network.blocks):
+        head = network.exits[k] if k < last and runtime.head_runs(network.thresholds[k]) else None
+        start = time.perf_counter()
+        h = block(h)
+        if head is not None:
+            head(h)
+        times.setdefault(f"segment_{k}", []).append(1000.0 * (time.perf_counter() - start))
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:

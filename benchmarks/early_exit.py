@@ -8,12 +8,15 @@ exit) through ``KnowledgeDistillationTraining``:
 * ``lenet``: LeNet-5 (:class:`kd_toolkit.models.LeNet`), whose block 0 (a 5x5 conv and a pool over the full 28x28
   map) is most of its wall time, so leaving after it saves MACs but little time;
 * ``b_lenet``: B-LeNet (:class:`kd_toolkit.early_exit.models.BLeNet`), BranchyNet's placement: a cheap strided
-  3x3 conv, exit 0 (one hidden layer of 32), the expensive stages later.
+  3x3 conv, exit 0 (one Linear on its features: few calls, which is what batch-1 latency pays for), the expensive
+  stages later. Exit heads without a hidden layer were chosen over one hidden layer of 32 on validation (same
+  thresholds' drop bound, about the same exit-0 share, a higher ideal speed-up at batch 1 from the validation shares).
 
 Thresholds are calibrated on the validation part for at most 0.5 points of accuracy below the final exit, at a 95%
 one-sided Clopper-Pearson bound on the drop (``calibrate_thresholds(confidence_level=0.95)``). The 2,000 test images
 give the figures: accuracy, exit shares, MACs; per-segment wall time at batch 1 and 256 and the exit decision's
-cost; the ideal speed-up ``S* = t_full / sum_k q_k (t_0 + ... + t_k)`` from those times and the test exit shares,
+cost; the ideal speed-up ``S* = t_full / sum_k q_k (t_0 + ... + t_k)`` from those times (a segment is a block and
+its exit head: the decision, indexing and host syncs are ``predict``'s own overhead, which the achieved figure pays) and the test exit shares,
 and the achieved speed-up against it (batch 256: throughput of ``predict`` over the blocks alone, paired median of
 alternating runs; batch 1: median latency of the blocks alone over the exit-share-weighted median latency of
 ``predict`` per exit); latency percentiles at batch 1; time per sample at batch 1, 8, 32 and 256. The calibration's
@@ -23,7 +26,7 @@ within the same 0.5 points of the full network's) is timed beside the early-exit
 
 Usage (from the repository root)::
 
-    .venv/bin/python -m benchmarks.early_exit            # full run (< 4 min on 2 cores), writes results/early_exit.json
+    .venv/bin/python -m benchmarks.early_exit            # full run (< 2.5 min on 2 cores), writes results/early_exit.json
     .venv/bin/python -m benchmarks.early_exit --quick    # smoke run (< 20 s)
 """
 
@@ -55,7 +58,7 @@ QUICK = {"n_train": 1500, "n_test": 500, "val": 300, "epochs": 1, "repeats": 2, 
          "latency_samples": 100, "batch_repeats": 1, "splits": 2,
          "static_candidates": [{"channels": (4, 8, 16), "hidden": 32}]}
 NETWORKS = {"lenet": {"model": "lenet", "kwargs": {}, "exit_hidden": [[], []]},
-            "b_lenet": {"model": "b_lenet", "kwargs": {}, "exit_hidden": [[32], []]}}
+            "b_lenet": {"model": "b_lenet", "kwargs": {}, "exit_hidden": [[], []]}}
 MAX_DROP, LEVEL = 0.005, 0.95
 BATCH_SIZES = (1, 8, 32, 256)
 TARGETS = {"latency_batch_1": 3.0, "throughput_batch_256": 2.0, "achieved_over_ideal": 0.85}
@@ -78,9 +81,18 @@ def _network(spec: dict[str, Any], parts: dict[str, Any], data: Any, settings: d
     fns = {"plain": network.blocks, "early_exit": network.predict}
     rate = ee.throughput(fns, x, settings["repeats"])
     n_lat = settings["latency_samples"]
-    lat = ee.latencies(fns, x[:n_lat])
+    lat = ee.latencies(fns, x[:n_lat], network)
+    one = segments["1"]  # batch 1: the segments timed on the same samples, in the same loop, as the achieved figure
+    one["repeated_sample_ms"] = {"full_ms": one["full_ms"], "segment_ms": one["segment_ms"]}
+    one.update(full_ms=statistics.median(lat["plain"]),
+               segment_ms=[statistics.median(lat.pop(f"segment_{k}")) for k in range(network.num_exits)])
     by_exit = [[t for t, k in zip(lat["early_exit"], exit_index[:n_lat].tolist()) if k == e]
                for e in range(network.num_exits)]
+    timed_shares = {"1": [len(v) / n_lat for v in by_exit], "256": shares}  # batch 1: the timed samples' shares
+    ideal["1"] = ee.ideal_speedup(one, timed_shares["1"])
+    with_decision = {b: ee.ideal_speedup({"full_ms": t["full_ms"], "segment_ms": [  # the decision counted as work
+        ms + (t["decide_us"][k] / 1000.0 if k < len(t["decide_us"]) else 0.0) for k, ms in enumerate(t["segment_ms"])]},
+        timed_shares[b]) for b, t in segments.items()}
     weighted = sum(len(v) / n_lat * statistics.median(v) for v in by_exit if v)
     achieved = {"256": rate["speedup"], "1": statistics.median(lat["plain"]) / weighted}
     pool_x, pool_y = torch.cat([parts["x_val"], x]), torch.cat([parts["y_val"], y])
@@ -91,6 +103,7 @@ def _network(spec: dict[str, Any], parts: dict[str, Any], data: Any, settings: d
         "test": {**quality, "drop": quality["full_accuracy"] - quality["early_exit_accuracy"]},
         "segment_time": segments, "ideal_speedup": ideal, "achieved_speedup": achieved,
         "achieved_over_ideal": {b: achieved[b] / ideal[b] for b in ideal},
+        "achieved_over_ideal_decision_as_work": {b: achieved[b] / with_decision[b] for b in ideal},
         "throughput_batch_256": rate,
         "latency_batch_1_ms": {name: ee.percentiles(v) for name, v in lat.items()},
         "latency_speedup_median": statistics.median(lat["plain"]) / statistics.median(lat["early_exit"]),
@@ -198,13 +211,14 @@ def markdown(result: dict[str, Any]) -> str:
              row("MACs per sample: plain / early exit", lambda r: f"{r['test']['plain_macs']:,} / "
                  f"{r['test']['average_macs']:,.0f} ({r['test']['mac_speedup']:.2f}x)")]
     for b in ("1", "256"):
-        lines.append(row(f"Segment time at batch {b}, ms (seg 0 / 1 / 2; no exits)", lambda r, b=b: " / ".join(
+        lines.append(row(f"Segment time (block + head) at batch {b}, ms (seg 0 / 1 / 2; no exits)", lambda r, b=b: " / ".join(
             f"{t:.3f}" for t in r["segment_time"][b]["segment_ms"]) + f"; {r['segment_time'][b]['full_ms']:.3f}"))
         lines.append(row(f"Exit decision at batch {b}, us (exit 0 / 1)", lambda r, b=b: " / ".join(
             f"{t:.1f}" for t in r["segment_time"][b]["decide_us"])))
     for b in ("256", "1"):
         lines.append(row(f"Speed-up at batch {b}: achieved / ideal S* (ratio)", lambda r, b=b: (
-            f"{r['achieved_speedup'][b]:.2f}x / {r['ideal_speedup'][b]:.2f}x (**{r['achieved_over_ideal'][b]:.2f}**)")))
+            f"{r['achieved_speedup'][b]:.2f}x / {r['ideal_speedup'][b]:.2f}x (**{r['achieved_over_ideal'][b]:.2f}**; "
+            f"{r['achieved_over_ideal_decision_as_work'][b]:.2f} with the decision counted as work)")))
     lines += [
         row("Throughput at batch 256: plain / early exit (paired)", lambda r: "{:,.0f} / {:,.0f} /s (**{:.2f}x**)".format(
             *r["throughput_batch_256"]["samples_per_s_median"].values(), r["throughput_batch_256"]["speedup"])),
@@ -218,6 +232,10 @@ def markdown(result: dict[str, Any]) -> str:
             f"{r['per_sample_us_by_batch']['plain'][s]:.1f} / {r['per_sample_us_by_batch']['early_exit'][s]:.1f}")))
     lines.append(row(f"Re-splits with test drop <= 0.5 pts: {LEVEL:.0%} bound / observed drop", lambda r: (
         "{bound:.0%} / {observed:.0%}".format(**r["calibration_promise"]["fraction_within_target"]))))
+    lines += ["", "Ideal S* = t_full / sum_k q_k (t_0 + ... + t_k): a segment is a block and its exit head, the network's "
+              "own work; the exit decision, indexing and host syncs are `predict`'s overhead, which the achieved figure "
+              "pays. At batch 1 the segments are timed piece by piece on the same samples, in the same loop, as the "
+              "latencies (achieved: exit-share-weighted median latency of `predict` per exit)."]
     s = result["static_baseline"]
     lat, thr = s["latency_batch_1_median_ms"], s["throughput_batch_256"]["samples_per_s_median"]
     lines += ["", f"Smaller static network (no exits, chosen on validation: {s['rule']}): B-LeNet {s['chosen']}, "

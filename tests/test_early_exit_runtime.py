@@ -101,3 +101,59 @@ def test_runtime_imports_only_torch():
     source = open(runtime.__file__, encoding="utf-8").read()
     imports = {line.split()[1].split(".")[0] for line in source.splitlines() if line.startswith(("import ", "from "))}
     assert imports <= {"__future__", "contextlib", "math", "numbers", "collections", "typing", "torch"}
+
+
+def _tensor_rule(logits, threshold, confidence):
+    return bool(runtime.leaves(runtime.confidence_scores(logits, confidence), threshold).item())
+
+
+@pytest.mark.parametrize("confidence", ["max_prob", "entropy"])
+def test_one_sample_decision_equals_the_tensor_rule(confidence):
+    """leaves_one (Python floats, one host transfer) decides as the float32 tensor rule does, at the edges too."""
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randn(1, 10, generator=g) * scale for scale in (0.1, 1.0, 3.0, 10.0, 100.0) for _ in range(200)]
+    rows += [torch.tensor([[float("nan"), 1.0, 0.0]]), torch.tensor([[float("inf"), 1.0, 0.0]]),
+             torch.tensor([[float("-inf"), 1.0, 0.0]]), torch.tensor([[2.0, 2.0, 0.0]]), torch.tensor([[5.0]]),
+             torch.tensor([[30.0, 0.0]], dtype=torch.float16), torch.tensor([[1e4, -1e4]])]
+    checked = 0
+    for logits in rows:
+        score = float(runtime.confidence_scores(logits, confidence))
+        thresholds = [0.3, 0.6, 0.9, 0.99, 0.999999, 1.0]
+        thresholds += [t for t in (score, score - 1e-7, score + 1e-7, score - 2e-4) if 0.0 < t <= 1.0]  # the band
+        for t in thresholds:
+            assert runtime.leaves_one(logits, t, confidence) == _tensor_rule(logits, t, confidence), (logits, t)
+            checked += 1
+    assert checked > 6000
+
+
+def test_one_sample_predict_equals_the_batched_chain():
+    """predict on one sample (runtime.run_one) gives the batched chain's predictions, exits and logits."""
+    net = _network().eval()
+    x = torch.randn(300, 6, generator=torch.Generator().manual_seed(3)) * 3
+    x[7, 0] = float("nan")  # NaN logits: never leaves early, torch's argmax picks the prediction
+    exits = set()
+    for thresholds in ([0.5, 0.5], [0.9, 0.6], [1.0, 0.34], [0.9, 0.34], [0.999999, 1.0], [1e-6, 1e-6]):
+        net.thresholds = thresholds
+        with torch.no_grad():
+            outputs = net(x)
+        for i in range(len(x)):
+            one = net.predict(x[i : i + 1])
+            with torch.no_grad():
+                chain = runtime.run_chain(net._steps[0], x[i : i + 1], NUM_CLASSES)  # the general path
+            assert one.exit_index.tolist() == chain[1].tolist() and one.predictions.tolist() == chain[0].tolist()
+            assert one.predictions.dtype == one.exit_index.dtype == torch.long and one.logits.shape == (1, NUM_CLASSES)
+            torch.testing.assert_close(one.logits, outputs[int(one.exit_index)][i : i + 1], equal_nan=True)
+            exits.add(int(one.exit_index))
+    assert exits == {0, 1, 2}
+
+
+def test_one_sample_predict_uses_the_runtime_rule(monkeypatch):
+    calls = []
+
+    def rule(scores, threshold):
+        calls.append(type(scores).__name__)
+        return True if isinstance(scores, float) else torch.ones_like(scores, dtype=torch.bool)
+
+    monkeypatch.setattr(runtime, "leaves", rule)
+    net = _network().eval()
+    assert net.predict(_data()[0][:1]).exit_index.tolist() == [0] and calls == ["float"]

@@ -77,6 +77,10 @@ class BLeNet(nn.Module):
     * block 1: ``conv5x5(channels[1]) -> ReLU -> maxpool2``: ``-> (B, c1, 7, 7)``;
     * block 2: ``conv3x3(channels[2]) -> ReLU -> maxpool2 -> Linear(hidden) -> ReLU -> Linear``: logits.
 
+    At batch 1 an eager network pays per module call, not per MAC, so exit 0 should be cheap in calls too: a
+    head without a hidden layer (``neurons_in_exit_layers=[[], []]``: ``Flatten -> Linear``) is what the early-exit
+    benchmark uses, chosen on validation over a hidden layer of 32.
+
     Without exits it is an ordinary classifier (``forward(x) = self.net(x)``), so narrower widths give
     the "smaller static network" baseline of the same family.
 

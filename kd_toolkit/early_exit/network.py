@@ -10,6 +10,7 @@ sends the features of the others to the next device. The exit rule and the chain
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Sequence
@@ -23,6 +24,8 @@ from kd_toolkit.early_exit import runtime
 from kd_toolkit.early_exit.runtime import ConfidenceRule, check_confidence, confidence_scores, eval_mode
 
 __all__ = ["EarlyExitNetwork", "EarlyExitNetworkSegmentor", "EarlyExitPrediction"]
+
+_ALREADY_OFF = contextlib.nullcontext()  # predict under a caller's no_grad: no second context to enter and leave
 
 
 class EarlyExitPrediction(NamedTuple):
@@ -117,7 +120,7 @@ class EarlyExitNetwork(nn.Module):
         (torch.Size([5]), torch.Size([5]), torch.Size([5, 3]))
     """
 
-    _steps: tuple[list[Any], str] | None  # predict's cached chain steps and the confidence rule they use
+    _steps: tuple[Any, ...] | None  # predict's cached chain steps, the confidence rule they use, their parts
 
     def __init__(self, model: nn.Module, input_shape: Sequence[int],
                  neurons_in_exit_layers: int | Sequence[Sequence[int]], thresholds: Sequence[float], *,
@@ -186,18 +189,26 @@ class EarlyExitNetwork(nn.Module):
         1.0 are not run. Results are in input order, and the training flags of all submodules are
         restored afterwards. The submodules and chain steps are taken at construction and at every
         ``train()``/``eval()`` (and thresholds change): call ``eval()`` after replacing a submodule.
+        A batch of one sample takes a lean path (:func:`runtime.run_one`: the decision in Python floats from one
+        host transfer of the logits, no indexing), with the same results as the batched one.
         """
         cached = getattr(self, "_steps", None)  # absent in a network pickled before the cache existed
-        if cached is None or cached[1] != self.confidence:  # cached: batch-1 latency counts microseconds
-            cached = self._steps = ([functools.partial(runtime.block_step, *self._parts(i), self.confidence)
-                                     for i in range(self.num_exits)], self.confidence)
+        if cached is None or cached[1] != self.confidence or len(cached) < 3:  # batch-1 latency counts microseconds
+            parts = [self._parts(i) for i in range(self.num_exits)]
+            cached = self._steps = ([functools.partial(runtime.block_step, *p, self.confidence) for p in parts],
+                                    self.confidence, parts)
         modules = getattr(self, "_module_list", None) or tuple(self.modules())
-        steps, training = cached[0], [m for m in modules if m.training]
-        with torch.no_grad():
+        training = [m for m in modules if m.training]
+        with torch.no_grad() if torch.is_grad_enabled() else _ALREADY_OFF:
             if not training:  # already in eval mode: nothing to switch or restore
-                return EarlyExitPrediction(*runtime.run_chain(steps, x, self.num_classes))
+                return self._run(cached, x)
             with eval_mode(self, training):
-                return EarlyExitPrediction(*runtime.run_chain(steps, x, self.num_classes))
+                return self._run(cached, x)
+
+    def _run(self, cached: tuple[Any, ...], x: Tensor) -> EarlyExitPrediction:
+        if x.ndim > 0 and x.shape[0] == 1:  # one sample: the lean path, same results (runtime.run_one)
+            return EarlyExitPrediction(*runtime.run_one(cached[2], x, self.confidence))
+        return EarlyExitPrediction(*runtime.run_chain(cached[0], x, self.num_classes))
 
     def segments(self) -> list[EarlyExitNetworkSegmentor]:
         """One :class:`EarlyExitNetworkSegmentor` per block, sharing this network's modules."""

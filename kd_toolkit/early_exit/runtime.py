@@ -45,12 +45,17 @@ __all__ = [
     "head_runs",
     "is_threshold",
     "leaves",
+    "leaves_one",
     "per_sample_macs",
     "run_chain",
+    "run_one",
 ]
 
 ConfidenceRule = Literal["max_prob", "entropy"]
 CONFIDENCE_RULES = ("max_prob", "entropy")
+#: Half-width of the band around a threshold where :func:`leaves_one` leaves the decision to the tensor rule: the
+#: float64 score it computes differs from the float32 one of :func:`confidence_scores` by ~1e-6 at most.
+ONE_SAMPLE_BAND = 1e-4
 #: One exit's result in a chain: ``(logits (B, C) or None when the head was skipped, exited (B,) bool,
 #: features (B, ...) of the whole batch)``.
 StepResult = tuple[Tensor | None, Tensor, Tensor]
@@ -111,8 +116,11 @@ def head_runs(threshold: float) -> bool:
     return threshold < 1.0
 
 
-def leaves(scores: Tensor, threshold: float | Tensor) -> Tensor:
-    """THE exit rule: ``(B,)`` bool, True where the confidence is strictly greater than the threshold."""
+def leaves(scores: Any, threshold: float | Tensor) -> Any:
+    """THE exit rule: ``(B,)`` bool, True where the confidence is strictly greater than the threshold.
+
+    ``scores`` is a ``(B,)`` tensor, or one sample's confidence as a Python float (then a bool comes back).
+    """
     return scores > threshold
 
 
@@ -131,6 +139,31 @@ def decide(features: Tensor, logits: Tensor | None, threshold: float | None, con
     if logits is None:
         return None, torch.zeros(batch, dtype=torch.bool, device=device), features
     return logits, leaves(confidence_scores(logits, confidence), threshold), features  # type: ignore[arg-type]
+
+
+def leaves_one(logits: Tensor, threshold: float, confidence: str, values: list[float] | None = None) -> bool:
+    """:func:`leaves` for one sample's logits ``(1, C)``, as a bool, with one host transfer (batch-1 latency).
+
+    The confidence is computed in Python floats from the logits (``values``: ``logits.tolist()[0]`` when the caller
+    has it already); where it is within :data:`ONE_SAMPLE_BAND` of the threshold, or any logit is not finite, the
+    tensor rule itself decides, so the answer is always ``bool(leaves(confidence_scores(logits, confidence),
+    threshold))``, at a fraction of its cost.
+    """
+    values = logits.tolist()[0] if values is None else values
+    if math.isfinite(sum(values)):
+        top = max(values)
+        exps = [math.exp(v - top) for v in values]
+        total = sum(exps)
+        if confidence == "max_prob":
+            score = 1.0 / total  # the largest softmax probability
+        elif len(values) < 2:
+            score = 1.0
+        else:
+            entropy = -sum(e / total * math.log(e / total) for e in exps if e > 0.0)
+            score = min(max(1.0 - entropy / math.log(len(values)), 0.0), 1.0)
+        if abs(score - threshold) > ONE_SAMPLE_BAND:
+            return bool(leaves(score, threshold))
+    return bool(leaves(confidence_scores(logits, cast(ConfidenceRule, confidence)), threshold).item())
 
 
 def exit_indices(scores: Sequence[Tensor] | Tensor, thresholds: Sequence[float]) -> Tensor:
@@ -166,6 +199,34 @@ def hand_over(result: StepResult, is_last: bool) -> tuple[Tensor, Tensor, Tensor
     """A segment's output: ``(logits, exited, features of the samples that stay)``, ``None`` after the last."""
     logits, exited, features = result  # segments always run their head: logits is a tensor
     return cast(Tensor, logits), exited, None if is_last else features[~exited]
+
+
+def run_one(parts: Sequence[tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor] | None, float | None]],
+            x: Tensor, confidence: str) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`run_chain` for one sample ``(1, ...)``: the same results, with less work per exit.
+
+    ``parts``: ``(block, head, threshold)`` per exit, ``(block, None, None)`` for the final one. The sample stops at
+    the first exit it leaves; the decision is :func:`leaves_one` and the prediction the first largest logit, both
+    from one host transfer of the logits per exit; no bookkeeping tensors besides the two results.
+    """
+    logits, values, exit_at = x, [0.0], len(parts) - 1
+    for index, (block, head, threshold) in enumerate(parts):
+        x = block(x)  # (1, ...)
+        if threshold is None:  # the final exit: everybody leaves
+            logits, values = x, x.tolist()[0]
+            break
+        if head is not None and head_runs(threshold):
+            logits = head(x)  # (1, C)
+            values = logits.tolist()[0]
+            if leaves_one(logits, threshold, confidence, values):
+                exit_at = index
+                break
+    if math.isfinite(sum(values)):
+        predicted = values.index(max(values))  # torch's argmax also returns the first largest
+    else:  # NaN or inf: torch's argmax decides (NaN counts as the largest)
+        predicted = int(logits.argmax(dim=-1))
+    return (logits.new_full((1,), predicted, dtype=torch.long),  # new_full: the logits' device, no device argument
+            logits.new_full((1,), exit_at, dtype=torch.long), logits)
 
 
 def run_chain(steps: Sequence[Callable[[Tensor], StepResult]], x: Tensor,
