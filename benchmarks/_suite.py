@@ -20,10 +20,10 @@ import importlib.util
 import inspect
 import multiprocessing
 import os
+import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -93,23 +93,19 @@ def run_protocol(name: str, quick: bool, out_dir: Path, threads: int, publish: b
     return entry
 
 
-def run_lane(names: list[str], quick: bool, out_dir: Path, threads: int, publish: bool,
-             report: Callable[[str, dict[str, Any] | None], None] | None = None) -> dict[str, dict[str, Any]]:
-    """Run ``names`` in order in this process; ``report(name, None)`` before and ``report(name, entry)`` after each."""
+def run_lane(names: list[str], quick: bool, out_dir: Path, threads: int, publish: bool) -> dict[str, dict[str, Any]]:
+    """Run ``names`` in order in this process, announcing each before and after."""
     torch.set_num_threads(threads)
-    report = report or announce
     entries: dict[str, dict[str, Any]] = {}
     for name in names:
-        report(name, None)
+        announce(name, None)
         entries[name] = entry = run_protocol(name, quick, out_dir, threads, publish=publish)
-        report(name, entry)
+        announce(name, entry)
     return entries
 
 
 def announce(name: str, entry: dict[str, Any] | None) -> None:
     """The suite's progress lines (a failure's traceback goes to stderr)."""
-    import sys
-
     if entry is None:
         print(f"[benchmarks] {name} ...", flush=True)
         return

@@ -137,11 +137,16 @@ def test_eca_gate_scales_channels() -> None:
     torch.testing.assert_close(ratio, ratio[..., :1, :1].expand_as(ratio))
 
 
+def _hint_shapes(student: nn.Module, layer: str, teacher: nn.Module, x: torch.Tensor) -> tuple[tuple[int, ...], ...]:
+    """The student's ``layer`` output shape and the teacher's ``HINT_LAYER`` output shape on ``x``."""
+    hint = teacher.HINT_LAYER  # type: ignore[attr-defined]
+    return feature_shapes(student, layer, x)[layer], feature_shapes(teacher, hint, x)[hint]
+
+
 def test_thin_wide_fitnets_pair_on_mnist_shape() -> None:
     student, teacher = ThinDeepCNN(), WideCNN()
     x = torch.randn(2, 1, 28, 28)
-    s_shape = feature_shapes(student, ThinDeepCNN.HINT_LAYER, x)[ThinDeepCNN.HINT_LAYER]
-    t_shape = feature_shapes(teacher, WideCNN.HINT_LAYER, x)[WideCNN.HINT_LAYER]
+    s_shape, t_shape = _hint_shapes(student, ThinDeepCNN.HINT_LAYER, teacher, x)
     assert s_shape == (2, 32, 7, 7) and t_shape == (2, 128, 7, 7)
     assert len([m for m in student.modules() if isinstance(m, nn.Conv2d)]) == 7
     assert len([m for m in teacher.modules() if isinstance(m, nn.Conv2d)]) == 4
@@ -213,8 +218,7 @@ def test_fitnet_mnist_is_deep_thin_and_batchnorm_free() -> None:
 def test_fitnet_mnist_pairs_with_its_teacher() -> None:
     student, teacher = FitNetMNIST(), FitNetTeacherMNIST()
     x = torch.randn(3, 1, 28, 28)
-    s_shape = feature_shapes(student, student.hint_layer, x)[student.hint_layer]
-    t_shape = feature_shapes(teacher, teacher.HINT_LAYER, x)[teacher.HINT_LAYER]
+    s_shape, t_shape = _hint_shapes(student, student.hint_layer, teacher, x)
     assert s_shape == (3, 16, 7, 7) and t_shape == (3, 24, 7, 7)
     regressors = build_hint_regressors(student, teacher, {student.hint_layer: teacher.HINT_LAYER}, x)
     out = regressors[hint_key(student.hint_layer)](torch.randn(s_shape))

@@ -219,9 +219,7 @@ class FitNetTeacherMNIST(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 24, dropout: float = 0.0) -> None:
         super().__init__()
-        _check_sizes(num_classes, in_channels)
-        check_int("width", width, minimum=1)
-        check_float("dropout", dropout, minimum=0, maximum=1, open_high=True)
+        _check_teacher(num_classes, in_channels, width, dropout)
         self.features = _conv_stack(in_channels, [width] * 3, pools={0, 1})
         self.pool = nn.AdaptiveAvgPool2d(7)  # the identity on 28x28 inputs
         self.dropout = nn.Dropout(dropout)
@@ -258,9 +256,7 @@ class WideCNN(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 64, dropout: float = 0.25) -> None:
         super().__init__()
-        _check_sizes(num_classes, in_channels)
-        check_int("width", width, minimum=1)
-        check_float("dropout", dropout, minimum=0, maximum=1, open_high=True)
+        _check_teacher(num_classes, in_channels, width, dropout)
         self.features = _conv_stack(in_channels, [width] + [2 * width] * 3, pools={0, 2})
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
@@ -393,3 +389,10 @@ def _conv_bn_relu(
 def _check_sizes(num_classes: int, in_channels: int) -> None:
     check_int("num_classes", num_classes, minimum=1)
     check_int("in_channels", in_channels, minimum=1)
+
+
+def _check_teacher(num_classes: int, in_channels: int, width: int, dropout: float) -> None:
+    """The arguments every wide teacher here takes."""
+    _check_sizes(num_classes, in_channels)
+    check_int("width", width, minimum=1)
+    check_float("dropout", dropout, minimum=0, maximum=1, open_high=True)
