@@ -103,8 +103,7 @@ def segment_times(network: EarlyExitNetwork, x: Tensor, repeats: int) -> dict[st
         arms: dict[str, Callable[[], dict[str, float]]] = {"full": _timed(lambda: network.blocks(x))}
         decisions: dict[str, Callable[[], dict[str, float]]] = {}
         for k in range(network.num_exits):
-            block, threshold = network.blocks[k], (network.thresholds[k] if k < last else 1.0)
-            head = network.exits[k] if k < last and runtime.head_runs(threshold) else None
+            block, head = network.blocks[k], _segment_head(network, k)
             arms[f"segment_{k}"] = _timed(lambda b=block, e=head, i=inputs[k]: b(i) if e is None else e(b(i)))
             if k < last:
                 features = block(inputs[k])
@@ -154,14 +153,19 @@ def latencies(fns: dict[str, Callable[[Tensor], Any]], x: Tensor,
 
 
 def _walk_segments(network: EarlyExitNetwork, h: Tensor, times: dict[str, list[float]]) -> None:
-    last = network.num_exits - 1
     for k, block in enumerate(network.blocks):
-        head = network.exits[k] if k < last and runtime.head_runs(network.thresholds[k]) else None
+        head = _segment_head(network, k)
         start = time.perf_counter()
         h = block(h)
         if head is not None:
             head(h)
         times.setdefault(f"segment_{k}", []).append(1000.0 * (time.perf_counter() - start))
+
+
+def _segment_head(network: EarlyExitNetwork, k: int) -> Any:
+    """Exit ``k``'s head as ``predict`` runs it: ``None`` after the last block and for a closed exit (threshold 1)."""
+    last = network.num_exits - 1
+    return network.exits[k] if k < last and runtime.head_runs(network.thresholds[k]) else None
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:
